@@ -1,0 +1,3 @@
+from mue_bench.cli import app
+
+app()

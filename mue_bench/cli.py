@@ -1,0 +1,219 @@
+"""The `mue-bench` command line: thin commands that parse, call one library function and render.
+
+Library errors (`MueBenchError`) become one red line and exit code 1 (2 for bad specs and usage),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mue_bench.errors import MueBenchError, SpecError
+from mue_bench.records import best_within
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Sweep, measure and pick MuE early-exit thresholds for encoder-decoder VLMs.")
+console = Console()
+err_console = Console(stderr=True)
+DEFAULT_SPEC = Path("sweeps/demo.toml")
+
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N samples.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 or auto (overrides the spec).")]
+
+
+def _fail(e: MueBenchError) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    return typer.Exit(e.exit_code)
+
+
+def _pct(x: object) -> str:
+    return "–" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+def _num(x: object, digits: int = 3) -> str:
+    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
+
+
+def _tau(x: float) -> str:
+    return "off" if x > 1 else f"{x:g}"
+
+
+def summary_table(points: pd.DataFrame, title: str) -> Table:
+    """The full model, and the largest layer savings within 1% and 5% quality loss."""
+    metric = points["quality_metric"].iloc[0]
+    table = Table(title=title, title_justify="left")
+    for col in ("", "τ_img", "τ_txt", "τ_dec", metric, "quality_rel", "layer sav.", "FLOP sav.", "time sav.",
+                "consistency"):
+        table.add_column(col, justify="left" if not col else "right")
+    ok = points[points["status"] == "ok"]
+    rows = [("full model", ok[ok["is_full"]].iloc[0] if ok["is_full"].any() else None)]
+    rows += [(f"best ≥{int(b * 100)}% quality", best_within(ok, b)) for b in (0.99, 0.95)]
+    for label, r in rows:
+        if r is None:
+            table.add_row(label, *["–"] * 9)
+            continue
+        table.add_row(label, _tau(r.tau_img), _tau(r.tau_txt), _tau(r.tau_dec), _num(r.quality),
+                      _pct(r.quality_rel), _pct(r.layer_savings), _pct(r.flop_savings), _pct(r.time_savings),
+                      _pct(r.consistency))
+    return table
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress):
+        self.p = progress
+        self.points = progress.add_task("grid points", total=None)
+        self.batches = progress.add_task("batches", total=None)
+
+    def hooks(self):
+        from mue_bench.runner import Progress as Hooks
+
+        return Hooks(
+            start_points=lambda total, done: self.p.update(self.points, total=total, completed=done),
+            start_point=lambda pid, n: self.p.reset(self.batches, total=n, description=pid),
+            batch_done=lambda: self.p.advance(self.batches),
+            point_done=lambda pid, ok: self.p.advance(self.points),
+            scoring=lambda: self.p.update(self.batches, description="scoring (pycocoevalcap)"),
+        )
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console,
+                    transient=True)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (TOML).")] = DEFAULT_SPEC,
+    limit: LimitOpt = None,
+    device: DeviceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and its size, run nothing.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results of this spec.")] = False,
+    continue_on_error: Annotated[bool, typer.Option("--continue-on-error",
+                                                    help="Record a failing point and go on.")] = False,
+    meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
+) -> None:
+    """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
+    from mue_bench.runner import SweepOptions, run_sweep
+    from mue_bench.spec import load_spec, point_id
+
+    try:
+        s = load_spec(spec)
+        s = _override(s, limit, device)
+        if dry_run:
+            points = s.points()
+            for p in points:
+                console.print(point_id(p), highlight=False)
+            console.print(f"{len(points)} grid points (full model included) x "
+                          f"{s.data.limit or 'all'} samples -> {s.results_path()}")
+            return
+        with _progress() as p:
+            outcome = run_sweep(s, SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor),
+                                _RichProgress(p).hooks())
+    except MueBenchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished points are saved; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    pts = outcome.points
+    console.print(summary_table(pts, f"{s.name}: {len(pts)} points x {int(pts['n'].max())} samples "
+                                     f"({len(outcome.computed)} computed, {len(outcome.reused)} reused)"))
+    console.print(f"wrote {s.results_path()} and {s.samples_path()}", highlight=False)
+    if outcome.failed:
+        err_console.print(f"[red]{len(outcome.failed)} point(s) failed:[/red] " + ", ".join(outcome.failed))
+        raise typer.Exit(1)
+
+
+def _override(spec, limit: int | None, device: str | None):
+    data = spec.data.model_copy(update={"limit": limit}) if limit else spec.data
+    run = spec.run.model_copy(update={"device": device}) if device else spec.run
+    return spec.model_copy(update={"data": data, "run": run})
+
+
+@app.command("eval")
+def evaluate(
+    task: Annotated[str, typer.Option(help="caption or entailment.")] = "caption",
+    img: Annotated[float, typer.Option("--img", help="τ_img (above 1: no exit).")] = 0.99,
+    txt: Annotated[float, typer.Option("--txt", help="τ_txt.")] = 0.7,
+    dec: Annotated[float, typer.Option("--dec", help="τ_dec.")] = 0.9,
+    checkpoint: Annotated[str, typer.Option(help="Built-in name or checkpoint directory.")] = "mue-tiny",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    kv_fill: Annotated[str, typer.Option(help="copy, propagate or official.")] = "copy",
+    encoder_mode: Annotated[str, typer.Option(help="split or freeze.")] = "split",
+    schedule: Annotated[str, typer.Option(help="Decoder threshold schedule: constant or official.")] = "constant",
+    beams: Annotated[int, typer.Option(help="Beam size.")] = 1,
+    data_root: Annotated[str, typer.Option(help="Where the shapes benchmark lives.")] = "data/shapes",
+    limit: LimitOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """One threshold triple on the shapes benchmark: quality and savings against the full model."""
+    from mue_bench.runner import SweepOptions, run_sweep
+    from mue_bench.spec import SweepSpec
+
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            s = _validate_spec({
+                "name": "eval", "model": {"checkpoint": checkpoint},
+                "data": {"task": task, "split": split, "root": data_root, "limit": limit},
+                "decoding": {"num_beams": beams, "no_repeat_ngram": 3 if task == "caption" else 0},
+                "grid": {"tau_img": [img], "tau_txt": [txt], "tau_dec": [dec], "kv_fill": [kv_fill],
+                         "encoder_mode": [encoder_mode], "dec_schedule": [schedule]},
+                "run": {"device": device or "auto"}, "output": {"dir": out},
+            }, SweepSpec)
+            with _progress() as p:
+                outcome = run_sweep(s, SweepOptions(), _RichProgress(p).hooks())
+    except MueBenchError as e:
+        raise _fail(e) from None
+    pts = outcome.points.set_index("point_id")
+    table = Table(title=f"mue-tiny on shapes {task} ({split}, n={int(pts['n'].iloc[0])})", title_justify="left")
+    for col in ("", pts["quality_metric"].iloc[0], "quality_rel", "img layers", "txt layers", "dec layers",
+                "layer sav.", "FLOP sav.", "time sav.", "consistency"):
+        table.add_column(col, justify="right" if col else "left")
+    for pid, r in pts.iterrows():
+        table.add_row("full model" if r.is_full else pid, _num(r.quality), _pct(r.quality_rel),
+                      _num(r.enc_img_layers, 2), _num(r.enc_txt_layers, 2), _num(r.dec_layers, 2),
+                      _pct(r.layer_savings), _pct(r.flop_savings), _pct(r.time_savings), _pct(r.consistency))
+    console.print(table)
+
+
+def _validate_spec(raw: dict, model):
+    from pydantic import ValidationError
+
+    from mue_bench.spec import describe_validation_error
+
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(describe_validation_error(e, "options")) from None
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="Training config (JSON).")] = Path("configs/train-mue-tiny.json"),
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")] = Path("checkpoints/mue-tiny"),
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
+) -> None:
+    """Train the built-in model with the MuE layer-wise loss (reproduces the shipped checkpoint)."""
+    from mue_bench.train import TrainConfig
+    from mue_bench.train import train as run_training
+
+    try:
+        cfg = TrainConfig.from_file(config)
+        if steps:
+            cfg = cfg.model_copy(update={"steps": steps})
+        summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False))
+    except MueBenchError as e:
+        raise _fail(e) from None
+    console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
+
+
+def main() -> None:  # pragma: no cover
+    app()

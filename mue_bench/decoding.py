@@ -1,0 +1,139 @@
+"""Greedy and beam search over a `Stepper`, the one place decoding decisions are made.
+
+Why one search loop for two purposes: the built-in model's plain `generate()` and the MuE engine differ
+only in how the next-token log-probs are computed (full recompute vs layer-skipping with a KV cache).
+Sharing the search makes "every threshold above 1 gives identical tokens" a test of the exit engine
+alone. Rows are laid out sample-major: row = sample * num_beams + beam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class Stepper(Protocol):
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; return next-token log-probs [rows, vocab].
+
+        `alive` marks rows whose sample is still decoding; the others' outputs are ignored.
+        """
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Beam search moved rows: row r now continues what row index[r] held."""
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    num_beams: int = 1
+    max_len: int = 16
+    no_repeat_ngram: int = 0
+
+
+def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: list[int]) -> None:
+    """Forbid any token that would complete an n-gram already present in the row's sequence."""
+    if n <= 0:
+        return
+    for r in rows:
+        seq = seqs[r]
+        if len(seq) < n:
+            continue
+        prefix = tuple(seq[len(seq) - n + 1:])
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+        if banned:
+            logprobs[r, banned] = float("-inf")
+
+
+def generate(stepper: Stepper, batch_size: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
+    """Token ids per sample, without the start token, ending with EOS unless cut by max_len."""
+    if cfg.num_beams == 1:
+        return _greedy(stepper, batch_size, cfg, device)
+    return _beam(stepper, batch_size, cfg, device)
+
+
+def _greedy(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
+    seqs = [[cfg.bos_id] for _ in range(n)]
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens = torch.full((n,), cfg.bos_id, dtype=torch.long, device=device)
+    for _ in range(cfg.max_len):
+        logprobs = stepper.step(tokens, ~finished).float()
+        alive_rows = (~finished).nonzero().flatten().tolist()
+        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, alive_rows)
+        tokens = torch.where(finished, cfg.pad_id, logprobs.argmax(-1))
+        for r in alive_rows:
+            seqs[r].append(int(tokens[r]))
+        finished |= tokens == cfg.eos_id
+        if bool(finished.all()):
+            break
+    return [s[1:] for s in seqs]
+
+
+def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
+    """Beam search that finalises a sample once it holds num_beams finished hypotheses.
+
+    Scores are summed log-probs normalised by length (tokens including EOS) when a hypothesis ends.
+    """
+    k = cfg.num_beams
+    rows = n * k
+    seqs = [[cfg.bos_id] for _ in range(rows)]
+    scores = torch.zeros(n, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    tokens = torch.full((rows,), cfg.bos_id, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
+    done = [False] * n
+    for t in range(cfg.max_len):
+        alive = torch.tensor([not done[r // k] for r in range(rows)], device=device)
+        logprobs = stepper.step(tokens, alive).float()
+        alive_rows = [r for r in range(rows) if not done[r // k]]
+        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, alive_rows)
+        vocab = logprobs.shape[-1]
+        cand = (scores.reshape(rows, 1) + logprobs).reshape(n, k * vocab)
+        top_scores, top_idx = cand.topk(2 * k, dim=-1)
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        src = list(range(rows))
+        next_tokens = [cfg.pad_id] * rows
+        next_scores = scores.clone()
+        for b in range(n):
+            if done[b]:
+                continue
+            slot = 0
+            for score, idx in zip(top_scores[b], top_idx[b]):
+                if score == float("-inf"):
+                    break
+                beam, tok = divmod(idx, vocab)
+                row = b * k + beam
+                if tok == cfg.eos_id:
+                    finished[b].append((score / (t + 1), seqs[row][1:] + [tok]))
+                    if len(finished[b]) == k:
+                        break
+                    continue
+                src[b * k + slot] = row
+                next_tokens[b * k + slot] = tok
+                next_scores[b, slot] = score
+                slot += 1
+                if slot == k:
+                    break
+            if len(finished[b]) >= k:
+                done[b] = True
+            else:
+                next_scores[b, slot:] = float("-inf")
+        if all(done):
+            break
+        index = torch.tensor(src, device=device)
+        stepper.reorder(index)
+        seqs = [seqs[s] + [next_tokens[r]] for r, s in enumerate(src)]
+        scores = next_scores
+        tokens = torch.tensor(next_tokens, device=device)
+    for b in range(n):
+        if not done[b]:
+            length = len(seqs[b * k]) - 1
+            for beam in range(k):
+                s = float(scores[b, beam])
+                if s > float("-inf"):
+                    finished[b].append((s / max(length, 1), seqs[b * k + beam][1:]))
+    return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]

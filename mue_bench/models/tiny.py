@@ -1,0 +1,219 @@
+"""`mue-tiny`: the built-in OFA-style unified encoder-decoder, small enough to train on two CPU cores.
+
+Shape follows OFA-base depth (6 encoder + 6 decoder layers, pre-norm, final norms, tied LM head) at a
+small width. Images are cut into patches and embedded like tokens; one stack of encoder layers serves
+both modalities. With `encoder_attention="split"` (the default, as in the MuE authors' code) image and
+text run through it as two separate streams; `"joint"` concatenates them as OFA does. The plain
+`generate()` here recomputes the whole decoder each step without a cache: an independent reference
+for the exit engine, which must reproduce it token for token when nothing exits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mue_bench.decoding import DecodingConfig, generate
+from mue_bench.errors import MueBenchError
+
+
+@dataclass
+class TinyConfig:
+    vocab_size: int
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 256
+    enc_layers: int = 6
+    dec_layers: int = 6
+    image_size: int = 48
+    patch_size: int = 8
+    max_positions: int = 64
+    encoder_attention: str = "split"  # "split" | "joint"
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        return x.view(b, s, self.heads, d // self.heads).transpose(1, 2)
+
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, H, S, Dh] for already-normalised inputs."""
+        return self._split(self.k(x)), self._split(self.v(x))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        q = self._split(self.q(x))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        b, h, s, dh = out.shape
+        return self.o(out.transpose(1, 2).reshape(b, s, h * dh))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, ff: int):
+        super().__init__(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg.d_model, cfg.n_heads)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = self.ln1(h)
+        k, v = self.attn.kv(x)
+        h = h + self.attn(x, k, v, mask=key_mask[:, None, None, :])
+        return h + self.ffn(self.ln2(h))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads)
+        self.cross_attn = Attention(cfg.d_model, cfg.n_heads)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+
+    def self_kv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's self-attention K/V for input states h (CALM-style propagation uses it too)."""
+        return self.self_attn.kv(self.ln1(h))
+
+    def forward(self, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+                cross: tuple[torch.Tensor, torch.Tensor], enc_mask: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [B, T, D] are new positions after `past` K/V; returns (h, new_k, new_v)."""
+        x = self.ln1(h)
+        k_new, v_new = self.self_attn.kv(x)
+        k, v = (k_new, v_new) if past is None else (torch.cat([past[0], k_new], 2), torch.cat([past[1], v_new], 2))
+        h = h + self.self_attn(x, k, v, causal=past is None and h.shape[1] > 1)
+        h = h + self.cross_attn(self.ln2(h), *cross, mask=enc_mask[:, None, None, :])
+        return h + self.ffn(self.ln3(h)), k_new, v_new
+
+
+class TinyOFA(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size)
+        self.image_pos = nn.Parameter(torch.randn(cfg.n_patches, d) * 0.02)
+        self.tok_embed = nn.Embedding(cfg.vocab_size, d)
+        self.text_pos = nn.Embedding(cfg.max_positions, d)
+        self.dec_pos = nn.Embedding(cfg.max_positions, d)
+        self.modality = nn.Embedding(2, d)  # 0 image, 1 text
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.enc_norm = nn.LayerNorm(d)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(d)
+        nn.init.normal_(self.tok_embed.weight, std=0.02)
+
+    # --- embeddings -------------------------------------------------------------------------------
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        return x + self.image_pos + self.modality.weight[0]
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.tok_embed(ids) + self.text_pos(pos) + self.modality.weight[1]
+
+    def embed_decoder(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.tok_embed(ids) + self.dec_pos(pos)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dec_norm(h) @ self.tok_embed.weight.T
+
+    # --- plain (no-exit) forward ------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output [image; text] after the final norm, and its key mask."""
+        img, txt = self.embed_image(images), self.embed_text(ids)
+        img_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
+        enc_mask = torch.cat([img_mask, mask], 1)
+        if self.cfg.encoder_attention == "joint":
+            h = torch.cat([img, txt], 1)
+            for layer in self.encoder:
+                h = layer(h, enc_mask)
+        else:
+            for layer in self.encoder:
+                img, txt = layer(img, img_mask), layer(txt, mask)
+            h = torch.cat([img, txt], 1)
+        return self.enc_norm(h), enc_mask
+
+    def cross_kv(self, enc_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [layer.cross_attn.kv(enc_out) for layer in self.decoder]
+
+    def decoder_states(self, dec_ids: torch.Tensor, enc_out: torch.Tensor, enc_mask: torch.Tensor,
+                       ) -> list[torch.Tensor]:
+        """Every decoder layer's output over the whole (teacher-forced) sequence."""
+        h = self.embed_decoder(dec_ids)
+        states = []
+        for layer, cross in zip(self.decoder, self.cross_kv(enc_out)):
+            h, _, _ = layer(h, None, cross, enc_mask)
+            states.append(h)
+        return states
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                 decoding: DecodingConfig) -> list[list[int]]:
+        enc_out, enc_mask = self.encode(images, ids, mask)
+        stepper = _RecomputeStepper(self, enc_out, enc_mask, decoding.num_beams)
+        return generate(stepper, images.shape[0], decoding, images.device)
+
+    # --- persistence ------------------------------------------------------------------------------
+    def save(self, directory: Path, extra: dict | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps({**asdict(self.cfg), **(extra or {})}, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> TinyOFA:
+        weights, config = directory / "model.safetensors", directory / "config.json"
+        for f in (weights, config):
+            if not f.is_file():
+                raise MueBenchError(f"checkpoint file not found: {f}")
+        fields = TinyConfig.__dataclass_fields__
+        cfg = TinyConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in fields})
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+
+
+class _RecomputeStepper:
+    """Reference decoding: re-run the full decoder on the whole prefix every step, no cache."""
+
+    def __init__(self, model: TinyOFA, enc_out: torch.Tensor, enc_mask: torch.Tensor, beams: int):
+        self.model = model
+        self.enc_out = enc_out.repeat_interleave(beams, 0)
+        self.enc_mask = enc_mask.repeat_interleave(beams, 0)
+        self.history: torch.Tensor | None = None
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[:, None]
+        self.history = tokens if self.history is None else torch.cat([self.history, tokens], 1)
+        h = self.model.decoder_states(self.history, self.enc_out, self.enc_mask)[-1][:, -1]
+        return self.model.logits(h).log_softmax(-1)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        assert self.history is not None
+        self.history = self.history[index]

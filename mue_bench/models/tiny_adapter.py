@@ -1,0 +1,81 @@
+"""The exit engine's view of the built-in model (see mue/adapter.py for the protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mue_bench.data.loaders import Sample
+from mue_bench.decoding import DecodingConfig
+from mue_bench.models.tiny import TinyOFA
+from mue_bench.models.tiny_inputs import TinyBatch, collate, load_pixels, prompt
+from mue_bench.models.tokenizer import WordTokenizer
+from mue_bench.mue.adapter import Streams
+from mue_bench.mue.cache import KV, TensorKVCache
+from mue_bench.mue.cost import LayerDims
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+class TinyAdapter:
+    family = "mue-tiny"
+
+    def __init__(self, model: TinyOFA, tokenizer: WordTokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        cfg = model.cfg
+        self.n_enc_layers, self.n_dec_layers = cfg.enc_layers, cfg.dec_layers
+        self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
+        self.dims = LayerDims(cfg.d_model, cfg.d_ff, cfg.d_model)
+        self.native_encoder_mode = "freeze" if cfg.encoder_attention == "joint" else "split"
+
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> TinyAdapter:
+        """A built-in name (e.g. "mue-tiny") or a directory with model.safetensors, config.json, tokenizer.json."""
+        path = BUILTIN_DIR / str(checkpoint) if (BUILTIN_DIR / str(checkpoint)).is_dir() else Path(checkpoint)
+        return cls(TinyOFA.load(path), WordTokenizer.load(path / "tokenizer.json"))
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def prepare(self, samples: list[Sample]) -> TinyBatch:
+        size = self.model.cfg.image_size
+        return collate([load_pixels(s.image, size) for s in samples], [prompt(s) for s in samples],
+                       self.tokenizer)
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0) -> DecodingConfig:
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram)
+
+    def reference_generate(self, batch: TinyBatch, decoding: DecodingConfig) -> list[list[int]]:
+        """The model's own generation, untouched by the engine."""
+        return self.model.generate(batch.images, batch.ids, batch.mask, decoding)
+
+    # --- ExitAdapter ------------------------------------------------------------------------------
+    def embed_streams(self, batch: TinyBatch) -> Streams:
+        images = batch.images.to(self.model.patch_embed.weight.dtype)
+        return Streams(self.model.embed_image(images), self.model.embed_text(batch.ids), batch.mask)
+
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder[layer](h, key_mask)
+
+    def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.enc_norm(h)
+
+    def decoder_cache(self, enc_out: torch.Tensor) -> TensorKVCache:
+        return TensorKVCache(self.model.cross_kv(enc_out))
+
+    def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        return self.model.embed_decoder(tokens[:, None], step)[:, 0]
+
+    def decoder_layer(self, layer: int, h: torch.Tensor, cache: TensorKVCache, enc_mask: torch.Tensor,
+                      ) -> torch.Tensor:
+        out, k, v = self.model.decoder[layer](h[:, None], cache.past(layer), cache.cross[layer], enc_mask)
+        cache.append(layer, k, v)
+        return out[:, 0]
+
+    def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
+        return self.model.decoder[layer].self_kv(h[:, None])
+
+    def logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(h).float().log_softmax(-1)

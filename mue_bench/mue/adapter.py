@@ -1,0 +1,59 @@
+"""What the exit engine needs from a model family: its layers, one call at a time.
+
+An adapter exposes embeddings, single encoder/decoder layer calls, the final norms and head, and a KV
+cache (cache.py). The engine owns every exit decision and cache fill, so the semantics of DESIGN.md §1
+are written once; adapters only translate to their model's modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from mue_bench.mue.cache import KV, KVCache
+from mue_bench.mue.cost import LayerDims
+
+
+@dataclass
+class Streams:
+    """Embedding outputs (h_0) of the two encoder streams."""
+
+    image: torch.Tensor  # [B, Ni, D]
+    text: torch.Tensor  # [B, Nt, D]
+    text_mask: torch.Tensor  # [B, Nt], True on real tokens
+
+    @property
+    def image_mask(self) -> torch.Tensor:
+        return torch.ones(self.image.shape[:2], dtype=torch.bool, device=self.image.device)
+
+
+class ExitAdapter(Protocol):
+    n_enc_layers: int
+    n_dec_layers: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    dims: LayerDims
+
+    def embed_streams(self, batch: Any) -> Streams: ...
+
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def encoder_norm(self, h: torch.Tensor) -> torch.Tensor: ...
+
+    def decoder_cache(self, enc_out: torch.Tensor) -> KVCache: ...
+
+    def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """[R] token ids at generation step `step` -> [R, D]."""
+
+    def decoder_layer(self, layer: int, h: torch.Tensor, cache: KVCache, enc_mask: torch.Tensor,
+                      ) -> torch.Tensor:
+        """Run decoder layer `layer` on [R, D] states; appends this step's K/V to the cache."""
+
+    def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
+        """Layer `layer`'s own self-attention K/V for states [R, D] (CALM's state propagation)."""
+
+    def logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head + log-softmax on [R, D] -> [R, V]."""

@@ -1,0 +1,74 @@
+"""The decoder KV cache as the exit engine sees it, and a plain-tensor implementation.
+
+The engine needs five operations to fill skipped layers (DESIGN.md §1, kv_fill): read this step's slot
+of a layer, append a slot, overwrite the slot for some rows, replace whole buffers for some rows
+(`official`), and reorder rows for beam search. Adapters for transformers models wrap their own cache
+classes behind the same protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class KVCache(Protocol):
+    def past(self, layer: int) -> KV | None: ...
+    def slot(self, layer: int) -> KV: ...
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+    def write_slot(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+    def copy_layer(self, src: int, dst: int, rows: torch.Tensor) -> None: ...
+    def reorder(self, index: torch.Tensor) -> None: ...
+    def length(self, layer: int) -> int: ...
+
+
+class TensorKVCache:
+    """Self-attention K/V [R, H, T, Dh] per layer, grown by one slot per step; cross-attention K/V fixed."""
+
+    def __init__(self, cross: list[KV]):
+        self.cross = list(cross)
+        self.keys: list[torch.Tensor | None] = [None] * len(cross)
+        self.values: list[torch.Tensor | None] = [None] * len(cross)
+
+    def past(self, layer: int) -> KV | None:
+        k, v = self.keys[layer], self.values[layer]
+        return None if k is None or v is None else (k, v)
+
+    def slot(self, layer: int) -> KV:
+        k, v = self.keys[layer], self.values[layer]
+        assert k is not None and v is not None, f"layer {layer} has no cache yet"
+        return k[:, :, -1:], v[:, :, -1:]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        pk, pv = self.keys[layer], self.values[layer]
+        self.keys[layer] = k if pk is None else torch.cat([pk, k], 2)
+        self.values[layer] = v if pv is None else torch.cat([pv, v], 2)
+
+    def write_slot(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        pk, pv = self.keys[layer], self.values[layer]
+        assert pk is not None and pv is not None
+        sel = rows[:, None, None, None]
+        pk[:, :, -1:] = torch.where(sel, k, pk[:, :, -1:])
+        pv[:, :, -1:] = torch.where(sel, v, pv[:, :, -1:])
+
+    def copy_layer(self, src: int, dst: int, rows: torch.Tensor) -> None:
+        sel = rows[:, None, None, None]
+        for buf in (self.keys, self.values):
+            s, d = buf[src], buf[dst]
+            assert s is not None and d is not None
+            buf[dst] = torch.where(sel, s, d)
+        ck, cv = self.cross[src]
+        dk, dv = self.cross[dst]
+        self.cross[dst] = (torch.where(sel, ck, dk), torch.where(sel, cv, dv))
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.keys = [None if k is None else k[index] for k in self.keys]
+        self.values = [None if v is None else v[index] for v in self.values]
+        self.cross = [(k[index], v[index]) for k, v in self.cross]
+
+    def length(self, layer: int) -> int:
+        k = self.keys[layer]
+        return 0 if k is None else k.shape[2]

@@ -1,0 +1,53 @@
+"""One exit setting: the threshold triple plus the choices DESIGN.md §1 says must be recorded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+EncoderMode = Literal["split", "freeze"]
+KVFill = Literal["copy", "propagate", "official"]
+DecSchedule = Literal["official", "constant"]
+NO_EXIT = 2.0  # any threshold above 1 never fires: cosine similarity is at most 1
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    tau_img: float = NO_EXIT
+    tau_txt: float = NO_EXIT
+    tau_dec: float = NO_EXIT
+    encoder_mode: EncoderMode = "split"
+    kv_fill: KVFill = "copy"
+    dec_schedule: DecSchedule = "constant"
+    # Benchmarking without a trained model: exit every stream/token after exactly this many layers
+    # (image, text, decoder), ignoring similarity. None = similarity-based exits.
+    fixed_exit: tuple[int, int, int] | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.fixed_exit is None and min(self.tau_img, self.tau_txt, self.tau_dec) > 1
+
+    def reference(self) -> ExitConfig:
+        """The full model this point is measured against: same encoder mode, nothing exits
+        (kv_fill and schedule change nothing when nothing exits)."""
+        return ExitConfig(encoder_mode=self.encoder_mode)
+
+    def canonical(self) -> ExitConfig:
+        """One spelling per distinct computation: every no-exit setting is its reference."""
+        return self.reference() if self.is_full else self
+
+
+def decoder_threshold(tau: float, step: int, max_len: int, schedule: DecSchedule) -> float:
+    """The threshold in force at generation step `step` (0-based); inf means no exit at this step.
+
+    `official` is the authors' sequence_generator.py: no exit in the first third of max_len, then a
+    threshold that starts a little above 0.9·τ and decays towards it. τ > 1 never exits either way.
+    """
+    if tau > 1:
+        return math.inf
+    if schedule == "constant":
+        return tau
+    if step < (max_len + 1) / 3:
+        return math.inf
+    return 0.9 * tau + 0.1 * math.exp(-(step + 1) / (max_len + 1))

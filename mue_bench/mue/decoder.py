@@ -1,0 +1,96 @@
+"""Per-token decoder exit with KV-cache filling (DESIGN.md §1), as a `Stepper` for decoding.py.
+
+At each step, after layer l the step stops for a sample if s_l > τ_dec (schedule applied); the beams
+of a sample decide together. Skipped layers still need this step's K/V, or later tokens would attend
+to a shorter history in deep layers:
+- copy: layer l's slot is written into each skipped layer's slot;
+- propagate: each skipped layer projects the exited state with its own K/V weights (CALM). A layer
+  that ran for batch-mates already computed exactly that for the exited row, so only layers nobody
+  ran are projected;
+- official: the authors' code, the skipped layers' whole self- and cross-attention buffers become
+  copies of layer l's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mue_bench.mue.adapter import ExitAdapter
+from mue_bench.mue.cache import KV
+from mue_bench.mue.config import ExitConfig, decoder_threshold
+from mue_bench.mue.similarity import group_similarity
+
+
+class MuEStepper:
+    def __init__(self, adapter: ExitAdapter, enc_out: torch.Tensor, enc_mask: torch.Tensor, cfg: ExitConfig,
+                 beams: int, max_len: int):
+        self.adapter, self.cfg, self.beams, self.max_len = adapter, cfg, beams, max_len
+        self.enc_mask = enc_mask.repeat_interleave(beams, 0)
+        self.cache = adapter.decoder_cache(enc_out.repeat_interleave(beams, 0))
+        self.step_index = 0
+        # Per step: layers used per sample (0 for samples already finished) and similarities [B, L-1].
+        self.layers: list[torch.Tensor] = []
+        self.sims: list[torch.Tensor] = []
+
+    def _fires(self, sim: torch.Tensor, layer: int) -> torch.Tensor:
+        fixed = self.cfg.fixed_exit
+        if fixed is not None:
+            return torch.full_like(sim, layer >= fixed[2], dtype=torch.bool)
+        thr = decoder_threshold(self.cfg.tau_dec, self.step_index, self.max_len, self.cfg.dec_schedule)
+        return sim > thr
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        adapter, n_layers = self.adapter, self.adapter.n_dec_layers
+        h = adapter.decoder_embed(tokens, self.step_index)
+        active = alive.clone()
+        used = torch.where(alive, n_layers, 0)
+        sims = torch.full((len(tokens) // self.beams, n_layers - 1), float("nan"), device=h.device)
+        ran = 0
+        for layer in range(n_layers):
+            if not bool(active.any()):
+                break
+            new = torch.where(active[:, None], adapter.decoder_layer(layer, h, self.cache, self.enc_mask), h)
+            ran += 1
+            if layer < n_layers - 1:
+                sim = group_similarity(new, h, self.beams)
+                sims[:, layer] = sim
+                fire = active & self._fires(sim, layer + 1).repeat_interleave(self.beams)
+                used[fire] = layer + 1
+                active &= ~fire
+            h = new
+        self._fill(used, h, ran)
+        self.layers.append(used[:: self.beams].clone())
+        self.sims.append(sims)
+        self.step_index += 1
+        return adapter.logprobs(h)
+
+    def _fill_kv(self, layer: int, used: torch.Tensor, h: torch.Tensor) -> KV:
+        """What a row that skipped `layer` gets as this step's K/V there."""
+        if self.cfg.kv_fill == "propagate":
+            return self.adapter.propagate_kv(layer, h)
+        k, v = (torch.zeros_like(t) for t in self.cache.slot(0))
+        for exit_layer in used.unique().tolist():
+            if 1 <= exit_layer <= layer:
+                rows = (used == exit_layer)[:, None, None, None]
+                sk, sv = self.cache.slot(exit_layer - 1)
+                k, v = torch.where(rows, sk, k), torch.where(rows, sv, v)
+        return k, v
+
+    def _fill(self, used: torch.Tensor, h: torch.Tensor, ran: int) -> None:
+        n_layers = self.adapter.n_dec_layers
+        for layer in range(n_layers):
+            skipped = used <= layer
+            if layer >= ran:  # nobody ran it: every row needs a slot
+                self.cache.append(layer, *self._fill_kv(layer, used, h))
+            elif self.cfg.kv_fill != "propagate" and bool(skipped.any()):
+                self.cache.write_slot(layer, skipped, *self._fill_kv(layer, used, h))
+        if self.cfg.kv_fill == "official":
+            for exit_layer in used.unique().tolist():
+                if 1 <= exit_layer < n_layers:
+                    rows = used == exit_layer
+                    for layer in range(exit_layer, n_layers):
+                        self.cache.copy_layer(exit_layer - 1, layer, rows)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        # Beams of a sample share their exits, so the per-sample records need no reordering.
+        self.cache.reorder(index)

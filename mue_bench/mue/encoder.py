@@ -1,0 +1,90 @@
+"""Modality-decomposed encoder exit (DESIGN.md §1).
+
+`split`: image and text run through the shared layers as separate streams (the authors' code), each
+stopping once its consecutive-layer similarity exceeds its threshold. `freeze`: one joint sequence;
+a saturated modality's tokens stop being updated but still serve as keys/values for the others.
+A layer runs for the whole batch while any sample needs it; finished rows keep their state, so each
+sample's result equals what it would get alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mue_bench.mue.adapter import ExitAdapter, Streams
+from mue_bench.mue.config import ExitConfig
+from mue_bench.mue.similarity import stream_similarity
+
+
+@dataclass
+class EncoderResult:
+    out: torch.Tensor  # [B, Ni + Nt, D] after the final norm, [image; text]
+    mask: torch.Tensor  # [B, Ni + Nt]
+    img_layers: torch.Tensor  # [B] layers used by the image stream
+    txt_layers: torch.Tensor  # [B]
+    img_sims: torch.Tensor  # [B, L-1] s_l for l = 1..L-1 (NaN where not computed)
+    txt_sims: torch.Tensor
+
+
+class StreamExit:
+    """Exit bookkeeping of one stream over a batch: who is still active, layers used, similarities."""
+
+    def __init__(self, batch: int, n_layers: int, tau: float, fixed: int | None, device: torch.device):
+        self.tau, self.fixed, self.n_layers = tau, fixed, n_layers
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        self.used = torch.full((batch,), n_layers, dtype=torch.long, device=device)
+        self.sims = torch.full((batch, n_layers - 1), float("nan"), device=device)
+
+    def observe(self, layer: int, sim: torch.Tensor) -> None:
+        """Layer `layer` (0-based) just ran; stop the samples whose similarity passed the threshold."""
+        if layer >= self.n_layers - 1:
+            return
+        self.sims[:, layer] = torch.where(self.active, sim, self.sims[:, layer])
+        if self.fixed is not None:  # benchmarking mode: exit after exactly `fixed` layers
+            fire = self.active & (layer + 1 >= self.fixed)
+        else:
+            fire = self.active & (sim > self.tau)
+        self.used[fire] = layer + 1
+        self.active &= ~fire
+
+
+def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track: StreamExit) -> torch.Tensor:
+    for layer in range(adapter.n_enc_layers):
+        if not bool(track.active.any()):
+            break
+        new = torch.where(track.active[:, None, None], adapter.encoder_layer(layer, h, mask), h)
+        track.observe(layer, stream_similarity(new, h, mask))
+        h = new
+    return h
+
+
+def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: StreamExit) -> torch.Tensor:
+    h = torch.cat([streams.image, streams.text], 1)
+    key_mask = torch.cat([streams.image_mask, streams.text_mask], 1)
+    is_img = torch.zeros_like(key_mask)
+    is_img[:, : streams.image.shape[1]] = True
+    for layer in range(adapter.n_enc_layers):
+        if not bool((img.active | txt.active).any()):
+            break
+        update = (is_img & img.active[:, None]) | (~is_img & txt.active[:, None])
+        new = torch.where(update[..., None], adapter.encoder_layer(layer, h, key_mask), h)
+        img.observe(layer, stream_similarity(new, h, key_mask & is_img))
+        txt.observe(layer, stream_similarity(new, h, key_mask & ~is_img))
+        h = new
+    return h
+
+
+def run_encoder(adapter: ExitAdapter, streams: Streams, cfg: ExitConfig) -> EncoderResult:
+    batch, device, n = streams.image.shape[0], streams.image.device, adapter.n_enc_layers
+    fixed = cfg.fixed_exit or (None, None, None)
+    img = StreamExit(batch, n, cfg.tau_img, fixed[0], device)
+    txt = StreamExit(batch, n, cfg.tau_txt, fixed[1], device)
+    if cfg.encoder_mode == "freeze":
+        h = _run_joint(adapter, streams, img, txt)
+    else:
+        h = torch.cat([_run_split(adapter, streams.image, streams.image_mask, img),
+                       _run_split(adapter, streams.text, streams.text_mask, txt)], 1)
+    mask = torch.cat([streams.image_mask, streams.text_mask], 1)
+    return EncoderResult(adapter.encoder_norm(h), mask, img.used, txt.used, img.sims, txt.sims)

@@ -1,0 +1,24 @@
+"""Per-sample cosine similarity between consecutive layers' states (DESIGN.md §1).
+
+Per sample, never per batch: the authors flatten the whole batch into one vector, which makes every
+sample's exit depend on its batch-mates. Padding positions are zeroed so they add nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def stream_similarity(new: torch.Tensor, old: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """cos(vec(new_b), vec(old_b)) for each sample b of [B, N, D] states; [B] in float32."""
+    if mask is not None:
+        keep = mask[..., None].to(new.dtype)
+        new, old = new * keep, old * keep
+    return F.cosine_similarity(new.flatten(1).float(), old.flatten(1).float(), dim=1, eps=1e-12)
+
+
+def group_similarity(new: torch.Tensor, old: torch.Tensor, group: int) -> torch.Tensor:
+    """Similarity of the current token's state [R, D] with rows grouped per sample (beams decide
+    together, as in the authors' code); [R // group]."""
+    return stream_similarity(new.reshape(-1, group, new.shape[-1]), old.reshape(-1, group, old.shape[-1]))

@@ -1,0 +1,106 @@
+"""From per-sample rows to per-point metrics (DESIGN.md §2): pure functions over DataFrames.
+
+Everything here is computed from the per-sample table (plus corpus BLEU-4 / METEOR, which pycocoevalcap
+aggregates from n-gram statistics rather than per-sample scores), so any metric in the results file
+can be recomputed from the per-sample file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from mue_bench.mue.config import ExitConfig
+from mue_bench.spec import point_id
+
+
+def quality_metric(task: str) -> str:
+    return "cider" if task == "caption" else "accuracy"
+
+
+def _point_stats(rows: pd.DataFrame) -> dict:
+    dec_counts = rows["dec_layers"].map(len)
+    dec_total = rows["dec_layers"].map(sum)
+    lat = rows["latency_s"].to_numpy(float)
+    mem = rows["peak_mem_bytes"].dropna()
+    return {
+        "n": len(rows),
+        "enc_img_layers": float(rows["enc_img_layers"].mean()),
+        "enc_txt_layers": float(rows["enc_txt_layers"].mean()),
+        "dec_layers": float(dec_total.sum() / max(dec_counts.sum(), 1)),
+        "layers_used": int(rows["layers_used"].sum()),
+        "flops_used": float(rows["flops"].sum()),
+        "wall_s": float(lat.sum()),
+        "latency_p50_s": float(np.percentile(lat, 50)),
+        "latency_p90_s": float(np.percentile(lat, 90)),
+        "peak_mem_bytes": int(mem.max()) if len(mem) else None,
+        "cider": float(rows["cider"].mean()),
+        "rouge_l": float(rows["rouge_l"].mean()),
+        "accuracy": float(rows["correct"].mean()),
+        "consistency": float(rows["consistency"].mean()),
+    }
+
+
+def _ratio_saving(used: float, full: float) -> float:
+    return 1.0 - used / full if full else float("nan")
+
+
+def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: str,
+              corpus: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """One row per point in `configs` that has samples, with savings against its reference point."""
+    corpus = corpus or {}
+    metric = quality_metric(task)
+    stats = {pid: _point_stats(g) for pid, g in samples.groupby("point_id", sort=False)}
+    rows = []
+    for pid, cfg in configs.items():
+        if pid not in stats:
+            continue
+        s, ref = stats[pid], stats.get(point_id(cfg.reference()))
+        row = {
+            "point_id": pid, "status": "ok", "error": None, "is_full": cfg.is_full,
+            "tau_img": cfg.tau_img, "tau_txt": cfg.tau_txt, "tau_dec": cfg.tau_dec,
+            "encoder_mode": cfg.encoder_mode, "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule,
+            "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None, **s,
+            "bleu4": corpus.get(pid, {}).get("bleu4"), "meteor": corpus.get(pid, {}).get("meteor"),
+            "quality_metric": metric, "quality": s[metric],
+        }
+        if task != "caption":
+            for k in ("cider", "rouge_l", "bleu4", "meteor"):
+                row[k] = None
+        else:
+            row["accuracy"] = None
+        if ref is None:  # reference failed: savings unknown
+            row.update(layers_full=None, flops_full=None, wall_full_s=None, quality_full=None)
+        else:
+            row.update(layers_full=ref["layers_used"], flops_full=ref["flops_used"], wall_full_s=ref["wall_s"],
+                       quality_full=ref[metric])
+            row["layer_savings"] = _ratio_saving(s["layers_used"], ref["layers_used"])
+            row["flop_savings"] = _ratio_saving(s["flops_used"], ref["flops_used"])
+            row["time_savings"] = _ratio_saving(s["wall_s"], ref["wall_s"])
+            row["quality_rel"] = s[metric] / ref[metric] if ref[metric] else float("nan")
+            row["realization"] = (row["time_savings"] / row["flop_savings"]
+                                  if row["flop_savings"] > 1e-9 else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def failed_rows(failures: Mapping[str, Mapping], configs: Mapping[str, ExitConfig]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "point_id": pid, "status": "failed", "error": f"{f['type']}: {f['message']}",
+        "is_full": configs[pid].is_full, "tau_img": configs[pid].tau_img, "tau_txt": configs[pid].tau_txt,
+        "tau_dec": configs[pid].tau_dec, "encoder_mode": configs[pid].encoder_mode,
+        "kv_fill": configs[pid].kv_fill, "dec_schedule": configs[pid].dec_schedule,
+    } for pid, f in failures.items() if pid in configs])
+
+
+def best_within(points: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.Series | None:
+    """The point with the largest saving whose quality_rel ≥ budget; ties go to the full model side
+    (fewer savings in the other measures, then higher quality)."""
+    ok = points[(points["status"] == "ok") & (points["quality_rel"] >= budget - 1e-12)]
+    if ok.empty:
+        return None
+    ranked = ok.sort_values([objective, "quality_rel", "flop_savings"], ascending=[False, False, True],
+                            kind="mergesort")
+    return ranked.iloc[0]

@@ -1,0 +1,211 @@
+"""Sweep specs: one TOML file fully describes a run (model, data, grid, decoding, timing, output).
+
+Specs are data: parsed with tomllib, validated with pydantic, never evaluated. A bad field gets one
+line naming it (`SpecError`). Grid points have stable, filename-safe ids used for resume, logs and plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mue_bench.errors import SpecError
+from mue_bench.mue.config import NO_EXIT, ExitConfig
+
+SWEEPS_DIR = Path("sweeps")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    family: Literal["mue-tiny"] = "mue-tiny"
+    checkpoint: str = "mue-tiny"  # built-in name or local directory
+    trust_remote_code: bool = False
+
+
+class DataSpec(_Strict):
+    dataset: Literal["shapes", "coco-karpathy", "snli-ve"] = "shapes"
+    task: Literal["caption", "entailment"] = "caption"
+    split: str = "test"
+    limit: int | None = Field(default=None, ge=1)
+    # shapes: generated here if missing; coco-karpathy / snli-ve: where the files are.
+    root: str = "data/shapes"
+    seed: int = 0
+    annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve: the split's .jsonl
+    images: str | None = None  # image root
+    image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID
+
+    @model_validator(mode="after")
+    def _task_matches_dataset(self) -> DataSpec:
+        expected = {"coco-karpathy": "caption", "snli-ve": "entailment"}.get(self.dataset)
+        if expected and self.task != expected:
+            raise ValueError(f"task {self.task!r} does not fit dataset {self.dataset!r} (use {expected!r})")
+        if self.dataset != "shapes" and (self.annotations is None or self.images is None):
+            raise ValueError(f"dataset {self.dataset!r} needs both 'annotations' and 'images' paths")
+        return self
+
+
+class DecodingSpec(_Strict):
+    num_beams: int = Field(default=1, ge=1, le=16)
+    max_len: int = Field(default=16, ge=1, le=256)
+    no_repeat_ngram: int = Field(default=0, ge=0)
+
+
+class Range(_Strict):
+    start: float
+    stop: float
+    step: float = Field(gt=0)
+
+    def values(self) -> list[float]:
+        n = int(round((self.stop - self.start) / self.step)) + 1
+        return [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+
+
+Thresholds = list[float] | Range
+
+
+class GridSpec(_Strict):
+    tau_img: Thresholds = [NO_EXIT]
+    tau_txt: Thresholds = [NO_EXIT]
+    tau_dec: Thresholds = [NO_EXIT]
+    encoder_mode: list[Literal["split", "freeze"]] = ["split"]
+    kv_fill: list[Literal["copy", "propagate", "official"]] = ["copy"]
+    dec_schedule: list[Literal["official", "constant"]] = ["constant"]
+    # Benchmarking mode: exit after exactly these layer counts [img, txt, dec], ignoring similarity.
+    fixed_exit: list[tuple[int, int, int]] = []
+
+    @field_validator("tau_img", "tau_txt", "tau_dec")
+    @classmethod
+    def _in_range(cls, v: Thresholds) -> Thresholds:
+        values = v.values() if isinstance(v, Range) else v
+        if not values:
+            raise ValueError("empty threshold list")
+        bad = [t for t in values if not -1.0 <= t <= 2.0]
+        if bad:
+            raise ValueError(f"threshold {bad[0]} outside [-1, 2] (cosine similarity lies in [-1, 1]; "
+                             "a value above 1 means no exit)")
+        return v
+
+    @field_validator("encoder_mode", "kv_fill", "dec_schedule")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("empty list")
+        return v
+
+
+class TimingSpec(_Strict):
+    warmup: int = Field(default=1, ge=0)
+    repeats: int = Field(default=1, ge=1)
+
+
+class RunSpec(_Strict):
+    batch_size: int = Field(default=1, ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"
+    seed: int = 0
+
+
+class OutputSpec(_Strict):
+    dir: str = "results"
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    decoding: DecodingSpec = DecodingSpec()
+    grid: GridSpec = GridSpec()
+    run: RunSpec = RunSpec()
+    timing: TimingSpec = TimingSpec()
+    output: OutputSpec = OutputSpec()
+
+    # --- grid ------------------------------------------------------------------------------------
+    def points(self) -> list[ExitConfig]:
+        """Every grid point, the full model first (one per encoder mode), duplicates removed."""
+        g = self.grid
+
+        def vals(v: Thresholds) -> list[float]:
+            return v.values() if isinstance(v, Range) else list(v)
+
+        full = [ExitConfig(encoder_mode=m) for m in g.encoder_mode]
+        grid = [ExitConfig(ti, tt, td, m, f, s)
+                for m, f, s, ti, tt, td in itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule,
+                                                             vals(g.tau_img), vals(g.tau_txt), vals(g.tau_dec))]
+        fixed = [ExitConfig(encoder_mode=m, kv_fill=f, dec_schedule=s, fixed_exit=tuple(x))
+                 for m, f, s, x in itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule, g.fixed_exit)]
+        seen, out = set(), []
+        for cfg in full + grid + fixed:
+            cfg = cfg.canonical()
+            if point_id(cfg) not in seen:
+                seen.add(point_id(cfg))
+                out.append(cfg)
+        return out
+
+    # --- identity ---------------------------------------------------------------------------------
+    def context_hash(self) -> str:
+        """What makes two points' results comparable: model, data, decoding, batch, dtype, seed."""
+        ctx = {"model": self.model.model_dump(), "data": self.data.model_dump(),
+               "decoding": self.decoding.model_dump(), "run": self.run.model_dump(exclude={"device"})}
+        return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
+
+    def spec_hash(self) -> str:
+        """Everything that defines the results; where they are written does not."""
+        return hashlib.sha256(self.model_dump_json(exclude={"output"}).encode()).hexdigest()[:16]
+
+    def results_path(self) -> Path:
+        return Path(self.output.dir) / f"{self.name}.parquet"
+
+    def samples_path(self) -> Path:
+        return Path(self.output.dir) / f"{self.name}.samples.parquet"
+
+
+def _tau(t: float) -> str:
+    return "off" if t > 1 else f"{t:.4g}"
+
+
+def point_id(cfg: ExitConfig) -> str:
+    """Stable, filename-safe name of a grid point, e.g. img=0.95-txt=0.99-dec=0.9-split-copy-constant."""
+    if cfg.is_full:
+        return f"full-{cfg.encoder_mode}"
+    if cfg.fixed_exit is not None:
+        head = "fixed={}.{}.{}".format(*cfg.fixed_exit)
+    else:
+        head = f"img={_tau(cfg.tau_img)}-txt={_tau(cfg.tau_txt)}-dec={_tau(cfg.tau_dec)}"
+    return f"{head}-{cfg.encoder_mode}-{cfg.kv_fill}-{cfg.dec_schedule}"
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"{source}: {loc or 'spec'}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in (
+        "extra_forbidden", "missing") and not isinstance(e.get("input"), dict) else "")
+
+
+def load_spec(path: Path) -> SweepSpec:
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    raw.setdefault("name", path.stem)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(describe_validation_error(e, str(path))) from None

@@ -1,0 +1,213 @@
+"""Results on disk: explicit pyarrow schemas, atomic writes, and resume by grid-point id.
+
+While a sweep runs, each finished grid point is written at once to `<name>.parts/<point-id>.parquet`
+(temp file + rename, so a kill never leaves a torn file); a failed point leaves `<point-id>.failed.json`.
+At the end the parts are merged, scored and written as `<name>.samples.parquet` (one row per sample
+and point) and `<name>.parquet` (one row per point). A rerun of the same spec reuses every finished
+point, from the parts or from the final samples file, so nothing is recomputed or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mue_bench.errors import MueBenchError
+
+SAMPLE_FIELDS = [
+    ("point_id", pa.string()),
+    ("sample_index", pa.int32()),
+    ("sample_id", pa.string()),
+    ("batch_index", pa.int32()),
+    ("prediction", pa.string()),
+    ("tokens", pa.list_(pa.int32())),
+    ("enc_img_layers", pa.int32()),
+    ("enc_txt_layers", pa.int32()),
+    ("dec_layers", pa.list_(pa.int32())),
+    ("layers_used", pa.int64()),
+    ("flops", pa.float64()),
+    ("latency_s", pa.float64()),  # the sample's share of its batch's median time (batch time at batch 1)
+    ("peak_mem_bytes", pa.int64()),
+    ("enc_img_sims", pa.list_(pa.float32())),
+    ("enc_txt_sims", pa.list_(pa.float32())),
+    ("dec_sims", pa.list_(pa.list_(pa.float32()))),
+]
+SCORE_FIELDS = [
+    ("cider", pa.float64()),
+    ("bleu4", pa.float64()),
+    ("meteor", pa.float64()),
+    ("rouge_l", pa.float64()),
+    ("correct", pa.float64()),
+    ("consistency", pa.float64()),
+]
+RAW_SAMPLES_SCHEMA = pa.schema(SAMPLE_FIELDS)
+SAMPLES_SCHEMA = pa.schema(SAMPLE_FIELDS + SCORE_FIELDS)
+
+POINTS_SCHEMA = pa.schema([
+    ("point_id", pa.string()),
+    ("status", pa.string()),  # "ok" | "failed"
+    ("error", pa.string()),
+    ("is_full", pa.bool_()),
+    ("tau_img", pa.float64()),
+    ("tau_txt", pa.float64()),
+    ("tau_dec", pa.float64()),
+    ("encoder_mode", pa.string()),
+    ("kv_fill", pa.string()),
+    ("dec_schedule", pa.string()),
+    ("fixed_exit", pa.list_(pa.int32())),
+    ("n", pa.int64()),
+    ("enc_img_layers", pa.float64()),
+    ("enc_txt_layers", pa.float64()),
+    ("dec_layers", pa.float64()),
+    ("layers_used", pa.int64()),
+    ("layers_full", pa.int64()),
+    ("layer_savings", pa.float64()),
+    ("flops_used", pa.float64()),
+    ("flops_full", pa.float64()),
+    ("flop_savings", pa.float64()),
+    ("wall_s", pa.float64()),
+    ("wall_full_s", pa.float64()),
+    ("time_savings", pa.float64()),
+    ("realization", pa.float64()),
+    ("latency_p50_s", pa.float64()),
+    ("latency_p90_s", pa.float64()),
+    ("peak_mem_bytes", pa.int64()),
+    ("quality_metric", pa.string()),
+    ("quality", pa.float64()),
+    ("quality_full", pa.float64()),
+    ("quality_rel", pa.float64()),
+    ("cider", pa.float64()),
+    ("bleu4", pa.float64()),
+    ("meteor", pa.float64()),
+    ("rouge_l", pa.float64()),
+    ("accuracy", pa.float64()),
+    ("consistency", pa.float64()),
+    # provenance
+    ("run_id", pa.string()),
+    ("spec_name", pa.string()),
+    ("spec_hash", pa.string()),
+    ("context_hash", pa.string()),
+    ("model_family", pa.string()),
+    ("checkpoint", pa.string()),
+    ("checkpoint_hash", pa.string()),
+    ("dataset", pa.string()),
+    ("split", pa.string()),
+    ("task", pa.string()),
+    ("device", pa.string()),
+    ("device_name", pa.string()),
+    ("dtype", pa.string()),
+    ("batch_size", pa.int64()),
+    ("num_beams", pa.int64()),
+    ("max_len", pa.int64()),
+    ("torch_version", pa.string()),
+    ("transformers_version", pa.string()),
+    ("mue_bench_version", pa.string()),
+    ("git_rev", pa.string()),
+    ("created_at", pa.string()),
+])
+
+
+def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a parquet file so that readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise MueBenchError(f"results file not found: {path}")
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise MueBenchError(f"{path}: not a readable parquet file ({e})") from None
+
+
+class SweepStore:
+    """The files of one sweep: finished points (parts or final file), failures, and the final write."""
+
+    def __init__(self, results: Path, samples: Path, context_hash: str, fresh: bool = False):
+        self.results, self.samples, self.context = results, samples, context_hash
+        self.parts = results.with_suffix(".parts")
+        if fresh:
+            for p in (results, samples):
+                p.unlink(missing_ok=True)
+            shutil.rmtree(self.parts, ignore_errors=True)
+        self._check_context()
+
+    def _check_context(self) -> None:
+        found = None
+        marker = self.parts / "context.json"
+        if marker.is_file():
+            found = json.loads(marker.read_text())["context_hash"]
+        elif self.samples.is_file():
+            meta = pq.read_schema(self.samples).metadata or {}
+            found = meta.get(b"context_hash", b"").decode() or None
+        if found is not None and found != self.context:
+            raise MueBenchError(
+                f"{self.samples.parent} holds results of this spec name made with a different model, data, "
+                "decoding or batch setting; rerun with --fresh to replace them")
+
+    def _part(self, point: str) -> Path:
+        return self.parts / f"{point}.parquet"
+
+    def finished(self) -> dict[str, pd.DataFrame]:
+        """Per-sample raw rows of every finished point, by point id."""
+        done: dict[str, pd.DataFrame] = {}
+        if self.samples.is_file():
+            df = read_table(self.samples)[RAW_SAMPLES_SCHEMA.names]
+            done.update({pid: g.reset_index(drop=True) for pid, g in df.groupby("point_id", sort=False)})
+        if self.parts.is_dir():
+            for part in sorted(self.parts.glob("*.parquet")):
+                done[part.stem] = read_table(part)
+        return done
+
+    def save_point(self, point: str, rows: pd.DataFrame) -> None:
+        self.parts.mkdir(parents=True, exist_ok=True)
+        marker = self.parts / "context.json"
+        if not marker.exists():
+            _write_text_atomic(json.dumps({"context_hash": self.context}), marker)
+        write_atomic(rows, RAW_SAMPLES_SCHEMA, self._part(point))
+        (self.parts / f"{point}.failed.json").unlink(missing_ok=True)
+
+    def save_failure(self, point: str, error: BaseException) -> None:
+        self.parts.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(json.dumps({"point_id": point, "type": type(error).__name__, "message": str(error)}),
+                           self.parts / f"{point}.failed.json")
+
+    def failures(self) -> dict[str, dict]:
+        if not self.parts.is_dir():
+            return {}
+        return {p.name.removesuffix(".failed.json"): json.loads(p.read_text())
+                for p in self.parts.glob("*.failed.json")}
+
+    def finish(self, samples: pd.DataFrame, points: pd.DataFrame, keep_parts: bool) -> None:
+        meta = {"context_hash": self.context}
+        write_atomic(samples, SAMPLES_SCHEMA, self.samples, meta)
+        write_atomic(points, POINTS_SCHEMA, self.results, meta)
+        if not keep_parts:
+            shutil.rmtree(self.parts, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""Training the built-in model with MuE's layer-wise task loss.
+
+Why layer-wise: early exit hands an intermediate decoder state to the LM head, so every layer must be
+a usable output. The authors' `MuE_Task_Loss` applies the head (after the final norm) to each decoder
+layer's output and sums the cross-entropies; `loss="final"` trains the usual way, as a control.
+Captioning and entailment are trained together, entailment as a generated label word (as in OFA).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from mue_bench.data import shapes
+from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
+from mue_bench.errors import SpecError
+from mue_bench.models.tiny import TinyConfig, TinyOFA
+from mue_bench.models.tiny_inputs import collate, load_pixels, pad, prompt, target_text
+from mue_bench.models.tokenizer import WordTokenizer
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_root: str = "data/shapes"
+    data_seed: int = 0
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    loss: Literal["layerwise", "final"] = "layerwise"
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 256
+    enc_layers: int = 6
+    dec_layers: int = 6
+    encoder_attention: Literal["split", "joint"] = "split"
+    threads: int = 2
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        if not path.is_file():
+            raise SpecError(f"training config not found: {path}")
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValueError as e:
+            raise SpecError(f"{path}: {str(e).splitlines()[0]} ({_first_error(e)})") from None
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(e)
+
+
+def layer_losses(model: TinyOFA, states: list[torch.Tensor], targets: torch.Tensor, pad_id: int,
+                 which: str) -> torch.Tensor:
+    """Cross-entropy of each decoder layer's output through final norm + head; [layers]."""
+    chosen = states if which == "layerwise" else states[-1:]
+    return torch.stack([
+        F.cross_entropy(model.logits(h).flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+        for h in chosen
+    ])
+
+
+def training_samples(root: Path, split: str) -> list[Sample]:
+    return (load_karpathy(root / "dataset_coco.json", root, split)
+            + load_snli_ve(root / f"snli_ve_{split}.jsonl", root / "images", "{id}.png"))
+
+
+def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print) -> dict:
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    root = shapes.ensure(Path(cfg.data_root), cfg.data_seed)
+    samples = training_samples(root, "train")
+    captions = [s for s in samples if s.task == "caption"]
+    entail = [s for s in samples if s.task == "entailment"]
+    texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
+    tok = WordTokenizer.build(texts)
+    model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
+                           enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+                           encoder_attention=cfg.encoder_attention)
+    model = TinyOFA(model_cfg)
+    pixels = {p: load_pixels(p, model_cfg.image_size) for p in {s.image for s in samples}}
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup) * 0.5 * (
+        1 + np.cos(np.pi * min(step, cfg.steps) / cfg.steps)))
+    history = []
+    start = time.perf_counter()
+    model.train()
+    for step in range(cfg.steps):
+        half = cfg.batch_size // 2
+        batch = ([captions[i] for i in rng.integers(len(captions), size=half)]
+                 + [entail[i] for i in rng.integers(len(entail), size=cfg.batch_size - half)])
+        inputs = collate([pixels[s.image] for s in batch], [prompt(s) for s in batch], tok)
+        targets = [tok.encode(target_text(s, rng)) for s in batch]
+        dec_in, _ = pad([[tok.bos_id] + t[:-1] for t in targets], tok.pad_id)
+        dec_out, _ = pad(targets, tok.pad_id)
+        enc_out, enc_mask = model.encode(inputs.images, inputs.ids, inputs.mask)
+        states = model.decoder_states(dec_in, enc_out, enc_mask)
+        losses = layer_losses(model, states, dec_out, tok.pad_id, cfg.loss)
+        loss = losses.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.append(float(losses[-1].detach()))
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"step {step:5d}  loss {float(loss.detach()):.4f}  final-layer {history[-1]:.4f}  "
+                f"{time.perf_counter() - start:.0f}s")
+    wall = time.perf_counter() - start
+    model.eval()
+    summary = {"steps": cfg.steps, "wall_time_s": round(wall, 1),
+               "final_layer_loss_first": history[0], "final_layer_loss_last": float(np.mean(history[-50:]))}
+    if out is not None:
+        model.save(out, {"name": "mue-tiny", "train_loss": cfg.loss})
+        tok.save(out / "tokenizer.json")
+        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return {"model": model, "tokenizer": tok, **summary}

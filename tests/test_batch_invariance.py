@@ -1,0 +1,36 @@
+"""A sample's exits and output do not depend on its batch-mates or on padding."""
+
+import numpy as np
+import pytest
+
+from mue_bench.mue import ExitConfig, run_batch
+from tests.conftest import padded_batch, random_tiny
+
+
+def _median_thresholds(adapter, batch, mode):
+    """Thresholds at the median observed similarity, so that some samples/tokens exit and some don't."""
+    trace = run_batch(adapter, batch, ExitConfig(encoder_mode=mode), adapter.decoding(max_len=10))
+    img = np.nanmedian([s.enc_img_sims for s in trace.samples])
+    txt = np.nanmedian([s.enc_txt_sims for s in trace.samples])
+    dec = np.nanmedian([x for s in trace.samples for step in s.dec_sims for x in step])
+    return float(img), float(txt), float(dec)
+
+
+@pytest.mark.parametrize("attention,mode", [("split", "split"), ("joint", "freeze"), ("split", "freeze")])
+@pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
+@pytest.mark.parametrize("beams", [1, 2])
+def test_batch_exits_equal_single_sample_exits(attention, mode, fill, beams):
+    adapter = random_tiny(attention, seed=1)
+    batch = padded_batch(seed=1)
+    img, txt, dec = _median_thresholds(adapter, batch, mode)
+    cfg = ExitConfig(img, txt, dec, encoder_mode=mode, kv_fill=fill)
+    decoding = adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
+    together = run_batch(adapter, batch, cfg, decoding).samples
+    alone = [run_batch(adapter, batch.select([i]), cfg, decoding).samples[0] for i in range(3)]
+    for t, a in zip(together, alone):
+        assert t.tokens == a.tokens
+        assert (t.enc_img_layers, t.enc_txt_layers) == (a.enc_img_layers, a.enc_txt_layers)
+        assert t.dec_layers == a.dec_layers
+    # the thresholds really produced early exits somewhere, and not everywhere
+    dec_layers = [u for s in together for u in s.dec_layers]
+    assert min(dec_layers) < 6 and max(dec_layers) == 6 or len(set(dec_layers)) > 1

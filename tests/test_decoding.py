@@ -1,0 +1,51 @@
+"""Greedy and beam search over a scripted stepper."""
+
+import torch
+
+from mue_bench.decoding import DecodingConfig, generate
+
+EOS, BOS, PAD = 2, 1, 0
+
+
+class Scripted:
+    """Log-probs depend only on the previous token, from a fixed table; counts steps and reorders."""
+
+    def __init__(self, table: dict[int, dict[int, float]], vocab: int = 6):
+        self.table, self.vocab, self.last, self.steps = table, vocab, None, 0
+
+    def step(self, tokens, alive):
+        self.steps += 1
+        out = torch.full((len(tokens), self.vocab), -50.0)
+        for r, t in enumerate(tokens.tolist()):
+            for tok, p in self.table.get(t, {EOS: 0.0}).items():
+                out[r, tok] = torch.tensor(p).log()
+        return out
+
+    def reorder(self, index):
+        pass
+
+
+def test_greedy_follows_argmax_and_stops_at_eos():
+    s = Scripted({BOS: {3: 0.6, 4: 0.4}, 3: {4: 0.9, EOS: 0.1}, 4: {EOS: 1.0}})
+    assert generate(s, 2, DecodingConfig(BOS, EOS, PAD, max_len=8), torch.device("cpu")) == [[3, 4, EOS]] * 2
+
+
+def test_beam_search_finds_the_better_sequence_greedy_misses():
+    # greedy: 3 (0.6) then 5 (0.3) -> 0.18; beam: 4 (0.4) then EOS (1.0) -> 0.4
+    table = {BOS: {3: 0.6, 4: 0.4}, 3: {5: 0.3, EOS: 0.25}, 5: {EOS: 1.0}, 4: {EOS: 1.0}}
+    cfg = DecodingConfig(BOS, EOS, PAD, num_beams=2, max_len=5)
+    greedy = generate(Scripted(table), 1, DecodingConfig(BOS, EOS, PAD, max_len=5), torch.device("cpu"))
+    assert greedy == [[3, 5, EOS]]
+    assert generate(Scripted(table), 1, cfg, torch.device("cpu")) == [[4, EOS]]
+
+
+def test_no_repeat_ngram_blocks_a_repeated_bigram():
+    table = {BOS: {3: 1.0}, 3: {4: 0.9, 5: 0.1}, 4: {3: 0.9, EOS: 0.1}, 5: {EOS: 1.0}}
+    cfg = DecodingConfig(BOS, EOS, PAD, max_len=8, no_repeat_ngram=2)
+    # 3 4 3 then "3 4" again is banned, so 5 follows
+    assert generate(Scripted(table), 1, cfg, torch.device("cpu")) == [[3, 4, 3, 5, EOS]]
+
+
+def test_max_len_cuts_generation():
+    table = {BOS: {3: 1.0}, 3: {3: 1.0}}
+    assert generate(Scripted(table), 1, DecodingConfig(BOS, EOS, PAD, max_len=4), torch.device("cpu")) == [[3] * 4]

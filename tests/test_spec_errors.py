@@ -1,0 +1,101 @@
+"""A bad spec gets one line naming the problem, exit code 2, no traceback and no output file."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mue_bench.cli import app
+from mue_bench.spec import load_spec
+
+runner = CliRunner()
+
+
+def _spec(tmp_path: Path, shapes_root: Path, checkpoint: Path, **replace: str) -> Path:
+    body = textwrap.dedent(f"""
+        name = "bad"
+        [model]
+        family = "mue-tiny"
+        checkpoint = "{checkpoint}"
+        [data]
+        dataset = "shapes"
+        root = "{shapes_root}"
+        split = "test"
+        limit = 2
+        [grid]
+        tau_img = [0.9]
+        tau_txt = [0.9]
+        tau_dec = [0.9]
+        [output]
+        dir = "{tmp_path / 'results'}"
+    """)
+    for old, new in replace.items():
+        assert old in body, old
+        body = body.replace(old, new)
+    path = tmp_path / "spec.toml"
+    path.write_text(body)
+    return path
+
+
+CASES = {
+    "unknown field": ({'limit = 2': 'limit = 2\nlimmit = 3'}, "data.limmit: unknown field"),
+    "wrong type": ({'limit = 2': 'limit = "two"'}, "data.limit"),
+    "threshold outside [-1, 2]": ({'tau_dec = [0.9]': 'tau_dec = [2.5]'}, "outside [-1, 2]"),
+    "empty grid": ({'tau_img = [0.9]': 'tau_img = []'}, "grid.tau_img: empty threshold list"),
+    "unknown model family": ({'family = "mue-tiny"': 'family = "gpt5"'}, "model.family"),
+    "missing dataset path": ({'dataset = "shapes"': 'dataset = "coco-karpathy"\nannotations = "/nope/x.json"\n'
+                                                    'images = "/nope"\ntask = "caption"'},
+                             "dataset file not found: /nope/x.json"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_spec_is_one_line_exit_2_and_writes_nothing(case, tmp_path, shapes_root, random_checkpoint):
+    replace, expected = CASES[case]
+    path = _spec(tmp_path, shapes_root, random_checkpoint, **replace)
+    result = runner.invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreadable_image_is_named(tmp_path, shapes_root, random_checkpoint):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(shapes_root, root)
+    victim = sorted((root / "images").glob("*.png"))[-1]  # test split images come last
+    victim.write_bytes(b"not a png")
+    path = _spec(tmp_path, root, random_checkpoint, **{"limit = 2": "limit = 8"})
+    result = runner.invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2
+    assert f"image unreadable: {victim}" in result.output.replace("\n", "")
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_spec_file(tmp_path):
+    result = runner.invoke(app, ["sweep", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "spec file not found" in result.output
+
+
+def test_specs_are_data_not_code(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('name = "__import__(\'os\').system(\'false\')"\n')
+    with pytest.raises(Exception, match="name"):
+        load_spec(path)
+
+
+def test_ranges_expand_and_full_model_comes_first(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "r"\n[grid]\ntau_img = {start = 0.9, stop = 1.0, step = 0.05}\n'
+                    'tau_txt = [0.9]\ntau_dec = [2.0, 0.8]\n')
+    spec = load_spec(path)
+    from mue_bench.spec import point_id
+
+    ids = [point_id(p) for p in spec.points()]
+    assert ids[0] == "full-split"
+    assert "img=0.95-txt=0.9-dec=0.8-split-copy-constant" in ids
+    assert len(ids) == len(set(ids)) == 1 + 3 * 2

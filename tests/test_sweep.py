@@ -1,0 +1,164 @@
+"""Sweeps: the files, their schemas, resume after interruption, and metrics recomputed from samples."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from mue_bench.runner import Progress, SweepOptions, run_sweep
+from mue_bench.spec import load_spec
+from mue_bench.store import POINTS_SCHEMA, SAMPLES_SCHEMA
+
+TIMING_COLUMNS = ["latency_s", "wall_s", "wall_full_s", "time_savings", "realization", "latency_p50_s",
+                  "latency_p90_s", "run_id", "created_at"]
+
+
+def write_spec(tmp_path: Path, shapes_root: Path, checkpoint: Path, name: str = "t", task: str = "caption") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(f"""
+        name = "{name}"
+        [model]
+        checkpoint = "{checkpoint}"
+        [data]
+        root = "{shapes_root}"
+        task = "{task}"
+        split = "test"
+        limit = 4
+        [decoding]
+        max_len = 6
+        [grid]
+        tau_img = [0.5, 0.9]
+        tau_txt = [0.9]
+        tau_dec = [0.3, 0.9]
+        [run]
+        batch_size = 2
+        [timing]
+        warmup = 0
+        [output]
+        dir = "{tmp_path / 'results'}"
+    """))
+    return path
+
+
+@pytest.fixture
+def spec_path(tmp_path, shapes_root, random_checkpoint):
+    return write_spec(tmp_path, shapes_root, random_checkpoint)
+
+
+def test_sweep_writes_typed_parquet_with_one_row_per_point(spec_path):
+    spec = load_spec(spec_path)
+    out = run_sweep(spec, SweepOptions(meteor=False))
+    assert pq.read_schema(spec.results_path()).remove_metadata() == POINTS_SCHEMA
+    assert pq.read_schema(spec.samples_path()).remove_metadata() == SAMPLES_SCHEMA
+    points = pd.read_parquet(spec.results_path())
+    assert len(points) == len(spec.points()) == 5
+    assert points["point_id"].is_unique and points["is_full"].sum() == 1
+    full = points[points["is_full"]].iloc[0]
+    assert full.layer_savings == 0 and full.quality_rel == 1 and full.consistency == 1
+    assert (points["layer_savings"] >= 0).all()
+    assert len(pd.read_parquet(spec.samples_path())) == 5 * 4
+    assert not spec.results_path().with_suffix(".parts").exists()
+    assert set(out.computed) == set(points["point_id"])
+
+
+def test_every_metric_can_be_recomputed_from_the_samples_file(spec_path):
+    spec = load_spec(spec_path)
+    run_sweep(spec, SweepOptions(meteor=False))
+    points = pd.read_parquet(spec.results_path()).set_index("point_id")
+    samples = pd.read_parquet(spec.samples_path())
+    full = samples[samples["point_id"] == "full-split"]
+    for pid, rows in samples.groupby("point_id"):
+        p = points.loc[pid]
+        assert p.n == len(rows)
+        assert p.enc_img_layers == pytest.approx(rows["enc_img_layers"].mean())
+        tokens = [u for d in rows["dec_layers"] for u in d]
+        assert p.dec_layers == pytest.approx(np.mean(tokens))
+        used = rows["enc_img_layers"].sum() + rows["enc_txt_layers"].sum() + len(tokens) * 0 + sum(tokens)
+        full_used = full["enc_img_layers"].sum() + full["enc_txt_layers"].sum() + sum(
+            u for d in full["dec_layers"] for u in d)
+        assert p.layer_savings == pytest.approx(1 - used / full_used)
+        assert p.flop_savings == pytest.approx(1 - rows["flops"].sum() / full["flops"].sum())
+        assert p.time_savings == pytest.approx(1 - rows["latency_s"].sum() / full["latency_s"].sum())
+        assert p.quality == pytest.approx(rows["cider"].mean())
+        assert p.quality_rel == pytest.approx(rows["cider"].mean() / full["cider"].mean())
+        assert p.consistency == pytest.approx(rows["consistency"].mean())
+        assert p.latency_p90_s == pytest.approx(np.percentile(rows["latency_s"], 90))
+
+
+def test_entailment_sweep_scores_accuracy(tmp_path, shapes_root, random_checkpoint):
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "e", "entailment"))
+    points = run_sweep(spec).points
+    assert (points["quality_metric"] == "accuracy").all()
+    assert points["accuracy"].between(0, 1).all() and points["cider"].isna().all()
+
+
+def test_rerun_reuses_every_finished_point(spec_path):
+    spec = load_spec(spec_path)
+    first = run_sweep(spec, SweepOptions(meteor=False))
+    second = run_sweep(spec, SweepOptions(meteor=False))
+    assert second.computed == [] and sorted(second.reused) == sorted(first.computed)
+    assert len(pd.read_parquet(spec.results_path())) == 5
+    fresh = run_sweep(spec, SweepOptions(fresh=True, meteor=False))
+    assert sorted(fresh.computed) == sorted(first.computed)
+
+
+def _comparable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).sort_values("point_id").reset_index(drop=True)
+
+
+def test_interrupted_sweep_resumes_to_the_same_result(tmp_path, shapes_root, random_checkpoint):
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "i"))
+    done = []
+
+    def interrupt_after_two(pid, ok):
+        done.append(pid)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=interrupt_after_two))
+    parts = sorted(p.stem for p in spec.results_path().with_suffix(".parts").glob("*.parquet"))
+    assert parts == sorted(done)
+    for part in spec.results_path().with_suffix(".parts").glob("*.parquet"):
+        pq.read_table(part)  # readable
+    resumed = run_sweep(spec, SweepOptions(meteor=False))
+    assert sorted(resumed.reused) == sorted(done) and len(resumed.computed) == 3
+
+    (tmp_path / "u").mkdir()
+    other = load_spec(write_spec(tmp_path / "u", shapes_root, random_checkpoint, "i"))
+    uninterrupted = run_sweep(other, SweepOptions(meteor=False))
+    a = _comparable(pd.read_parquet(spec.results_path()))
+    b = _comparable(pd.read_parquet(other.results_path()))
+    assert len(uninterrupted.computed) == 5
+    pd.testing.assert_frame_equal(a.drop(columns=["git_rev"]), b.drop(columns=["git_rev"]), check_dtype=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_sweep_process_leaves_readable_files_and_resumes(sig, tmp_path, shapes_root, random_checkpoint):
+    spec_file = write_spec(tmp_path, shapes_root, random_checkpoint, "k")
+    spec = load_spec(spec_file)
+    parts = spec.results_path().with_suffix(".parts")
+    cmd = [sys.executable, "-m", "mue_bench", "sweep", str(spec_file), "--no-meteor"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    finished = {p.stem for p in parts.glob("*.parquet")}
+    for p in parts.glob("*.parquet"):
+        pq.read_table(p)
+    assert not list(parts.glob("*.tmp")) or sig == signal.SIGKILL
+    resumed = run_sweep(spec, SweepOptions(meteor=False))
+    assert set(resumed.reused) == finished
+    assert len(resumed.computed) == 5 - len(finished)
+    assert len(pd.read_parquet(spec.results_path())) == 5
