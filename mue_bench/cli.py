@@ -6,6 +6,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -17,12 +18,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.records import best_within
+from mue_bench.pareto import pick
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Sweep, measure and pick MuE early-exit thresholds for encoder-decoder VLMs.")
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when output goes to a pipe or a CI log, where rich would assume 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 150
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 DEFAULT_SPEC = Path("sweeps/demo.toml")
 
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N samples.")]
@@ -55,7 +58,7 @@ def summary_table(points: pd.DataFrame, title: str) -> Table:
         table.add_column(col, justify="left" if not col else "right")
     ok = points[points["status"] == "ok"]
     rows = [("full model", ok[ok["is_full"]].iloc[0] if ok["is_full"].any() else None)]
-    rows += [(f"best ≥{int(b * 100)}% quality", best_within(ok, b)) for b in (0.99, 0.95)]
+    rows += [(f"best ≥{int(b * 100)}% quality", pick(ok, b)) for b in (0.99, 0.95)]
     for label, r in rows:
         if r is None:
             table.add_row(label, *["–"] * 9)

@@ -94,13 +94,3 @@ def failed_rows(failures: Mapping[str, Mapping], configs: Mapping[str, ExitConfi
         "kv_fill": configs[pid].kv_fill, "dec_schedule": configs[pid].dec_schedule,
     } for pid, f in failures.items() if pid in configs])
 
-
-def best_within(points: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.Series | None:
-    """The point with the largest saving whose quality_rel ≥ budget; ties go to the full model side
-    (fewer savings in the other measures, then higher quality)."""
-    ok = points[(points["status"] == "ok") & (points["quality_rel"] >= budget - 1e-12)]
-    if ok.empty:
-        return None
-    ranked = ok.sort_values([objective, "quality_rel", "flop_savings"], ascending=[False, False, True],
-                            kind="mergesort")
-    return ranked.iloc[0]

@@ -1,0 +1,87 @@
+"""The quality/savings trade-off of trained checkpoints on shapes (issue 2's acceptance figures).
+
+For each checkpoint and task it runs the task's demo grid and prints the full model's quality next to a
+trivial baseline, the largest layer saving at ≥ 99% / ≥ 96% of full quality, the quality of the most
+aggressive point, and the best quality reachable at fixed savings (to compare training losses).
+
+    .venv/bin/python benchmarks/tradeoff.py --checkpoints mue-tiny mue-tiny-finalloss --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from mue_bench.data.loaders import load_karpathy
+from mue_bench.data.registry import load_samples
+from mue_bench.metrics import caption_scores
+from mue_bench.pareto import pick
+from mue_bench.runner import SweepOptions, run_sweep
+from mue_bench.spec import load_spec
+
+SPECS = {"caption": "sweeps/demo.toml", "entailment": "sweeps/demo-entailment.toml"}
+
+
+def baseline(task: str, spec) -> tuple[str, float]:
+    """Caption: the most frequent training caption for every image. Entailment: the majority label."""
+    samples = load_samples(spec.data)
+    if task == "caption":
+        root = Path(spec.data.root)
+        train = load_karpathy(root / "dataset_coco.json", root, "train")
+        common = Counter(r for s in train for r in s.references).most_common(1)[0][0]
+        score = caption_scores({"c": [common] * len(samples)}, [s.references for s in samples], meteor=False)
+        return f"constant caption {common!r}", float(score["c"]["cider"])
+    label, count = Counter(s.label for s in samples).most_common(1)[0]
+    return f"majority label {label!r}", count / len(samples)
+
+
+def best_quality_at(points: pd.DataFrame, saving: float) -> float:
+    ok = points[(points["status"] == "ok") & (points["layer_savings"] >= saving)]
+    return float(ok["quality_rel"].max()) if len(ok) else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", nargs="+", default=["mue-tiny"])
+    parser.add_argument("--tasks", nargs="+", default=list(SPECS))
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--savings", nargs="+", type=float, default=[0.3, 0.4, 0.5])
+    args = parser.parse_args()
+
+    for task in args.tasks:
+        base_spec = load_spec(Path(SPECS[task]))
+        base_spec = base_spec.model_copy(update={"data": base_spec.data.model_copy(update={"limit": args.limit})})
+        desc, base = baseline(task, base_spec)
+        print(f"\n== {task} ({SPECS[task]}, n={args.limit}); trivial baseline, {desc}: {base:.3f}")
+        header = (f"{'checkpoint':<22}{'full':>8}{'sav@99%':>9}{'sav@96%':>9}{'most aggr.':>11}"
+                  + "".join(f"{'q@' + format(s, '.0%'):>9}" for s in args.savings))
+        print(header)
+        for ckpt in args.checkpoints:
+            with tempfile.TemporaryDirectory() as out:
+                spec = base_spec.model_copy(update={
+                    "name": f"tradeoff-{task}",
+                    "model": base_spec.model.model_copy(update={"checkpoint": ckpt}),
+                    "output": base_spec.output.model_copy(update={"dir": out})})
+                points = run_sweep(spec, SweepOptions(meteor=False)).points
+            full = points[points["is_full"]].iloc[0]
+            p99, p96 = pick(points, 0.99), pick(points, 0.96)
+            aggressive = points.sort_values("layer_savings").iloc[-1]
+            row = (f"{Path(ckpt).name:<22}{full.quality:8.3f}"
+                   f"{(p99.layer_savings if p99 is not None else float('nan')):9.1%}"
+                   f"{(p96.layer_savings if p96 is not None else float('nan')):9.1%}"
+                   f"{aggressive.quality_rel:11.1%}"
+                   + "".join(f"{best_quality_at(points, s):9.1%}" for s in args.savings))
+            print(row)
+            for label, p in (("99%", p99), ("96%", p96)):
+                if p is not None:
+                    print(f"{'':<22}best within {label}: {p.point_id} (quality_rel {p.quality_rel:.1%}, "
+                          f"layer {p.layer_savings:.1%}, FLOP {p.flop_savings:.1%})")
+            print(f"{'':<22}most aggressive: {aggressive.point_id} (layer {aggressive.layer_savings:.1%})")
+
+
+if __name__ == "__main__":
+    main()
