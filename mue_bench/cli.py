@@ -218,5 +218,93 @@ def train(
     console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
 
 
+@app.command("pick")
+def pick_cmd(
+    results: Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")],
+    budget: Annotated[float, typer.Option(help="Least quality_rel to keep, e.g. 0.99.")] = 0.99,
+    objective: Annotated[str, typer.Option(help="Saving to maximise: layer, flop or time.")] = "layer",
+    top: Annotated[int, typer.Option(min=1, help="Candidates to list.")] = 5,
+    risk: Annotated[float | None, typer.Option(
+        help="Risk-controlled pick (Learn then Test): bound on mean disagreement with the full model.")] = None,
+    confidence: Annotated[float, typer.Option(help="With --risk: probability that the bound holds.")] = 0.95,
+    calibration_split: Annotated[str, typer.Option(help="With --risk: split to calibrate on.")] = "val",
+    verify: Annotated[str | None, typer.Option(help="With --risk: split to report realised risk on.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Pick the thresholds with the largest saving within a quality budget (exit 1 if none qualifies)."""
+    import json
+
+    from mue_bench.analysis import budget_pick, risk_pick
+
+    try:
+        if risk is not None:
+            rp = risk_pick(results, risk, confidence, calibration_split, verify)
+            _render_risk(rp, risk, confidence, as_json)
+            if rp.result.chosen is None:
+                raise typer.Exit(1)
+            return
+        if len(results) != 1:
+            raise SpecError("give one results file (several only with --risk)")
+        bp = budget_pick(results[0], budget, objective, top)
+    except MueBenchError as e:
+        raise _fail(e) from None
+    if as_json:
+        chosen = None if bp.chosen is None else {k: _jsonable(v) for k, v in bp.chosen.items()
+                                                 if k in _PICK_FIELDS or k.endswith(("_lo", "_hi"))}
+        console.print_json(json.dumps({"budget": budget, "objective": bp.objective, "chosen": chosen}))
+    else:
+        table = Table(title=f"candidates with quality_rel ≥ {budget:g}, by {bp.objective}", title_justify="left")
+        for col in ("point", "quality_rel [95% CI]", "layer sav. [95% CI]", "FLOP sav. [95% CI]", "time sav."):
+            table.add_column(col, justify="left" if col == "point" else "right")
+        for r in bp.top.itertuples():
+            table.add_row(r.point_id, f"{_pct(r.quality_rel)} [{_pct(r.quality_rel_lo)}, {_pct(r.quality_rel_hi)}]",
+                          f"{_pct(r.layer_savings)} [{_pct(r.layer_savings_lo)}, {_pct(r.layer_savings_hi)}]",
+                          f"{_pct(r.flop_savings)} [{_pct(r.flop_savings_lo)}, {_pct(r.flop_savings_hi)}]",
+                          _pct(r.time_savings))
+        console.print(table)
+        if bp.chosen is not None:
+            console.print(f"picked {bp.chosen.point_id}", highlight=False)
+    if bp.chosen is None:
+        err_console.print(f"no point keeps quality_rel ≥ {budget:g}")
+        raise typer.Exit(1)
+
+
+_PICK_FIELDS = ("point_id", "tau_img", "tau_txt", "tau_dec", "encoder_mode", "kv_fill", "dec_schedule", "quality",
+                "quality_rel", "layer_savings", "flop_savings", "time_savings", "consistency")
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, float) and pd.isna(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def _render_risk(rp, delta: float, confidence: float, as_json: bool) -> None:
+    import json
+
+    table = rp.result.table
+    if rp.verification is not None:
+        table = table.merge(rp.verification, on="point_id", how="left")
+    if as_json:
+        console.print_json(json.dumps({"risk": delta, "confidence": confidence, "chosen": rp.result.chosen,
+                                       "path": [{k: _jsonable(v) for k, v in r.items()}
+                                                for r in table.to_dict("records")]}))
+        return
+    t = Table(title=f"Learn then Test on {rp.calibration} (risk ≤ {delta:g} with probability ≥ {confidence:g})",
+              title_justify="left")
+    cols = ["point_id", "n", "risk_hat", "p_value", "accepted"] + (
+        ["realised_risk"] if "realised_risk" in table else [])
+    for c in cols:
+        t.add_column(c, justify="left" if c == "point_id" else "right")
+    for r in table.itertuples():
+        t.add_row(*[str(getattr(r, c)) if c in ("point_id", "n", "accepted") else f"{getattr(r, c):.4g}"
+                    for c in cols])
+        if not r.accepted:
+            break
+    console.print(t)
+    console.print(f"picked {rp.result.chosen}" if rp.result.chosen else "no point passes: keep the full model",
+                  highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()

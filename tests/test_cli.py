@@ -45,3 +45,47 @@ def test_missing_checkpoint_is_named(shapes_root, tmp_path):
                                  "--limit", "1"])
     assert result.exit_code == 1
     assert "checkpoint file not found" in result.output
+
+
+def _swept(tmp_path, shapes_root, random_checkpoint, split="test", name="t"):
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint, name)
+    spec.write_text(spec.read_text().replace('split = "test"', f'split = "{split}"'))
+    result = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "results" / f"{name}.parquet"
+
+
+def test_pick_json_names_the_largest_saving_within_budget(tmp_path, shapes_root, random_checkpoint):
+    import json
+
+    import pandas as pd
+
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["pick", str(results), "--budget", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(result.output)["chosen"]
+    points = pd.read_parquet(results)
+    assert chosen["layer_savings"] == points["layer_savings"].max()
+    assert chosen["layer_savings_lo"] <= chosen["layer_savings"] <= chosen["layer_savings_hi"]
+
+
+def test_pick_exits_1_when_no_point_meets_the_budget(tmp_path, shapes_root, random_checkpoint):
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["pick", str(results), "--budget", "5"])
+    assert result.exit_code == 1 and "no point keeps quality_rel ≥ 5" in result.output
+
+
+def test_risk_controlled_pick_calibrates_on_one_split_and_verifies_on_another(tmp_path, shapes_root,
+                                                                             random_checkpoint):
+    import json
+
+    val = _swept(tmp_path, shapes_root, random_checkpoint, "val", "cal")
+    test = _swept(tmp_path, shapes_root, random_checkpoint, "test", "ver")
+    result = runner.invoke(app, ["pick", str(val), str(test), "--risk", "0.5", "--confidence", "0.9",
+                                 "--calibration-split", "val", "--verify", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["chosen"] is not None and out["path"][0]["point_id"] == "full-split"
+    assert out["path"][0]["accepted"] and "realised_risk" in out["path"][0]
+    missing = runner.invoke(app, ["pick", str(val), "--risk", "0.5", "--calibration-split", "train"])
+    assert missing.exit_code == 2 and "split 'train'" in missing.output
