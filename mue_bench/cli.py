@@ -218,6 +218,32 @@ def train(
     console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
 
 
+@app.command()
+def plot(
+    results: Annotated[list[Path], typer.Argument(help="Results file(s); several share one trade-off figure.")],
+    x: Annotated[str, typer.Option(help="Savings axis: layer, flop or time.")] = "layer",
+    y: Annotated[str, typer.Option(help="quality_rel or quality.")] = "quality_rel",
+    budget: Annotated[float, typer.Option(help="Quality budget line and picked point.")] = 0.99,
+    out: Annotated[Path, typer.Option(help="Directory for the PNG and SVG files.")] = Path("plots"),
+) -> None:
+    """Draw the Pareto front, heatmaps, exit histograms and realization scatter (PNG and SVG)."""
+    from mue_bench.analysis import load_results
+
+    try:
+        if x not in ("layer", "flop", "time"):
+            raise SpecError(f"--x must be layer, flop or time (got {x!r})")
+        if y not in ("quality_rel", "quality"):
+            raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
+        loaded = [load_results(p) for p in results]
+        from mue_bench.plot import all_figures
+
+        paths = all_figures(loaded, out, x, y, budget)
+    except MueBenchError as e:
+        raise _fail(e) from None
+    for p in paths:
+        console.print(f"wrote {p}", highlight=False)
+
+
 @app.command("pick")
 def pick_cmd(
     results: Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")],

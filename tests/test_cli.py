@@ -89,3 +89,15 @@ def test_risk_controlled_pick_calibrates_on_one_split_and_verifies_on_another(tm
     assert out["path"][0]["accepted"] and "realised_risk" in out["path"][0]
     missing = runner.invoke(app, ["pick", str(val), "--risk", "0.5", "--calibration-split", "train"])
     assert missing.exit_code == 2 and "split 'train'" in missing.output
+
+
+def test_plot_writes_png_and_svg_for_every_figure(tmp_path, shapes_root, random_checkpoint):
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    out = tmp_path / "plots"
+    result = runner.invoke(app, ["plot", str(results), str(results), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    for stem in ("tradeoff-layer-quality_rel", "realization", "heatmap-quality_rel", "exit-histograms"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    bad = runner.invoke(app, ["plot", str(results), "--x", "joules"])
+    assert bad.exit_code == 2 and "--x must be" in bad.output
