@@ -332,5 +332,32 @@ def _render_risk(rp, delta: float, confidence: float, as_json: bool) -> None:
                   highlight=False)
 
 
+@app.command()
+def check(
+    current: Annotated[Path, typer.Argument(help="Fresh results file.")],
+    baseline: Annotated[Path, typer.Option(help="Committed baseline results file.")],
+    budget: Annotated[float, typer.Option(help="Quality budget for the baseline's pick.")] = 0.99,
+    savings_tolerance: Annotated[float, typer.Option(help="Allowed absolute loss of savings.")] = 0.02,
+    area_tolerance: Annotated[float, typer.Option(help="Allowed relative loss of the front's area.")] = 0.02,
+    report: Annotated[Path | None, typer.Option(help="Also write the markdown report here "
+                                                     "(e.g. $GITHUB_STEP_SUMMARY).")] = None,
+) -> None:
+    """CI gate: exit 1 if quality or savings regressed against the baseline."""
+    from mue_bench.check import compare
+    from mue_bench.store import read_table
+
+    try:
+        result = compare(read_table(current), read_table(baseline), budget, savings_tolerance, area_tolerance)
+    except MueBenchError as e:
+        raise _fail(e) from None
+    text = result.markdown()
+    console.print(text, markup=False, highlight=False)
+    if report is not None:
+        with open(report, "a") as f:
+            f.write(text)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -98,3 +98,14 @@ def learn_then_test(path: Sequence[str], losses: dict[str, np.ndarray], delta: f
             chosen = pid
         rows.append({"point_id": pid, "n": len(loss), "risk_hat": risk_hat, "p_value": p, "accepted": accepted})
     return LTTResult(chosen, pd.DataFrame(rows))
+
+
+def dominated_area(df: pd.DataFrame, x: str = "layer_savings", y: str = "quality_rel") -> float:
+    """Area of the (x, y) region dominated by the front, from the origin: larger is a better trade-off."""
+    front = pareto_front(df, x, y)
+    area, prev_x = 0.0, 0.0
+    for xv, yv in zip(front[x], front[y]):  # x ascending, y descending along the front
+        if xv > prev_x:
+            area += (xv - prev_x) * yv
+            prev_x = xv
+    return float(area)

@@ -101,3 +101,30 @@ def test_plot_writes_png_and_svg_for_every_figure(tmp_path, shapes_root, random_
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     bad = runner.invoke(app, ["plot", str(results), "--x", "joules"])
     assert bad.exit_code == 2 and "--x must be" in bad.output
+
+
+def test_check_passes_on_identical_results_and_fails_on_doctored_quality(tmp_path, shapes_root, random_checkpoint):
+    import pandas as pd
+
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    same = runner.invoke(app, ["check", str(results), "--baseline", str(results), "--budget", "0"])
+    assert same.exit_code == 0, same.output
+    assert "passed" in same.output
+    points = pd.read_parquet(results)
+    chosen = json_pick(results, 0)
+    doctored = points.copy()
+    doctored.loc[doctored["point_id"] == chosen, "quality_rel"] = -1.0
+    path = tmp_path / "doctored.parquet"
+    doctored.to_parquet(path)
+    bad = runner.invoke(app, ["check", str(path), "--baseline", str(results), "--budget", "0",
+                              "--report", str(tmp_path / "summary.md")])
+    assert bad.exit_code == 1
+    assert "| quality_rel |" in bad.output and "**FAIL**" in bad.output and "-1.0000" in bad.output
+    assert "**FAIL**" in (tmp_path / "summary.md").read_text()
+
+
+def json_pick(results, budget):
+    import json
+
+    return json.loads(runner.invoke(app, ["pick", str(results), "--budget", str(budget), "--json"]).output)[
+        "chosen"]["point_id"]

@@ -88,3 +88,11 @@ def test_candidates_are_sorted_best_first(budget):
     df = frame([("a", .9, .9, .9, 0.1, 1.0), ("b", .8, .9, .9, 0.3, 0.995), ("c", .7, .9, .9, 0.2, 0.999)])
     got = candidates(df, budget)["layer_savings"].tolist()
     assert got == sorted(got, reverse=True)
+
+
+def test_dominated_area_of_a_staircase():
+    from mue_bench.pareto import dominated_area
+
+    df = frame([("full", 2, 2, 2, 0.0, 1.0), ("a", .9, .9, .9, 0.5, 0.8), ("b", .8, .8, .8, 1.0, 0.5),
+                ("dominated", .9, .8, .8, 0.4, 0.7)])
+    assert dominated_area(df) == pytest.approx(0.5 * 0.8 + 0.5 * 0.5)
