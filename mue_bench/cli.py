@@ -150,7 +150,7 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="Built-in name or checkpoint directory.")] = "mue-tiny",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
     kv_fill: Annotated[str, typer.Option(help="copy, propagate or official.")] = "copy",
-    encoder_mode: Annotated[str, typer.Option(help="split or freeze.")] = "split",
+    encoder_mode: Annotated[str, typer.Option(help="freeze (joint encoder, mue-tiny's own) or split.")] = "freeze",
     schedule: Annotated[str, typer.Option(help="Decoder threshold schedule: constant or official.")] = "constant",
     beams: Annotated[int, typer.Option(help="Beam size.")] = 1,
     data_root: Annotated[str, typer.Option(help="Where the shapes benchmark lives.")] = "data/shapes",

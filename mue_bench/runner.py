@@ -194,7 +194,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
             raise
         except Exception as e:  # one failing point does not lose the grid, if asked
             if not options.continue_on_error:
-                raise
+                raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
+                                    "saved; --continue-on-error records failures and goes on)") from e
             store.save_failure(pid, e)
             outcome.failed.append(pid)
             progress.point_done(pid, False)

@@ -128,3 +128,36 @@ def json_pick(results, budget):
 
     return json.loads(runner.invoke(app, ["pick", str(results), "--budget", str(budget), "--json"]).output)[
         "chosen"]["point_id"]
+
+
+def test_continue_on_error_records_the_failure_runs_the_rest_and_exits_1(tmp_path, shapes_root, random_checkpoint,
+                                                                         monkeypatch):
+    import pandas as pd
+
+    from mue_bench import runner as runner_module
+
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint)
+    real = runner_module.evaluate_point
+
+    def flaky(adapter, batches, cfg, *args, **kwargs):
+        if cfg.tau_img == 0.5 and cfg.tau_dec == 0.3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(adapter, batches, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_point", flaky)
+    result = runner.invoke(app, ["sweep", str(spec), "--no-meteor", "--continue-on-error"])
+    assert result.exit_code == 1
+    assert "1 point(s) failed: img=0.5-txt=0.9-dec=0.3-split-copy-constant" in result.output
+    points = pd.read_parquet(tmp_path / "results" / "t.parquet").set_index("point_id")
+    failed = points.loc["img=0.5-txt=0.9-dec=0.3-split-copy-constant"]
+    assert failed.status == "failed" and "CUDA out of memory" in failed.error
+    assert (points["status"] == "ok").sum() == 4
+
+    without_flag = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
+    assert without_flag.exit_code == 1  # the failing point is retried, and fails again without the flag
+    assert "grid point img=0.5-txt=0.9-dec=0.3-split-copy-constant failed: RuntimeError" in without_flag.output
+    assert "Traceback" not in without_flag.output
+
+    monkeypatch.setattr(runner_module, "evaluate_point", real)
+    healed = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
+    assert healed.exit_code == 0 and "1 computed, 4 reused" in healed.output

@@ -1,0 +1,61 @@
+"""The shipped mue-tiny checkpoint: safe loading, exactness on real inputs, and its quality floor.
+
+Quality floors sit a little under the figures in the model card, so a broken checkpoint, tokenizer
+or pre-processing fails here rather than in a user's sweep.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mue_bench.data.registry import load_samples
+from mue_bench.models.tiny_adapter import BUILTIN_DIR, TinyAdapter
+from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.spec import DataSpec
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return TinyAdapter.load("mue-tiny")
+
+
+def test_checkpoint_is_safetensors_only_and_small():
+    files = {p.name for p in (BUILTIN_DIR / "mue-tiny").iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    assert (BUILTIN_DIR / "mue-tiny" / "model.safetensors").stat().st_size < 10 * 2**20
+    config = json.loads((BUILTIN_DIR / "mue-tiny" / "config.json").read_text())
+    assert config["enc_layers"] == config["dec_layers"] == 6
+
+
+def test_engine_matches_plain_generation_on_real_inputs_in_a_padded_batch(adapter):
+    samples = load_samples(DataSpec(task="entailment", limit=6)) + load_samples(DataSpec(task="caption", limit=3))
+    batch = adapter.prepare(samples)
+    for beams in (1, 3):
+        decoding = adapter.decoding(num_beams=beams, max_len=16, no_repeat_ngram=3)
+        got = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze"), decoding)
+        assert [s.tokens for s in got.samples] == adapter.reference_generate(batch, decoding)
+
+
+def _predict(adapter, task, n):
+    samples = load_samples(DataSpec(task=task, limit=n))
+    decoding = adapter.decoding(max_len=16 if task == "caption" else 4, no_repeat_ngram=3 if task == "caption" else 0)
+    with torch.no_grad():
+        out = run_batch(adapter, adapter.prepare(samples), ExitConfig(encoder_mode="freeze"), decoding)
+    return samples, [adapter.text(s.tokens) for s in out.samples]
+
+
+def test_full_model_entailment_accuracy_floor(adapter):
+    samples, preds = _predict(adapter, "entailment", 150)
+    assert np.mean([p == s.label for p, s in zip(preds, samples)]) >= 0.88
+
+
+def test_full_model_captions_beat_a_constant_caption(adapter):
+    from mue_bench.metrics import caption_scores
+
+    samples, preds = _predict(adapter, "caption", 60)
+    refs = [s.references for s in samples]
+    scores = caption_scores({"model": preds, "constant": ["a small red circle"] * len(preds)}, refs, meteor=False)
+    assert scores["model"]["cider"] > 3 * scores["constant"]["cider"]
+    assert scores["model"]["cider"] > 1.0
