@@ -244,6 +244,23 @@ def plot(
         console.print(f"wrote {p}", highlight=False)
 
 
+@app.command("calibrate-grid")
+def calibrate_grid(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec whose model, data and decoding to use.")] = DEFAULT_SPEC,
+    samples: Annotated[int, typer.Option(min=1, help="Samples to trace.")] = 20,
+    percentile: Annotated[list[float] | None, typer.Option(help="Percentiles to use (repeatable).")] = None,
+) -> None:
+    """Propose τ grids from percentiles of the full model's consecutive-layer similarities."""
+    from mue_bench.calibrate import propose_grid
+    from mue_bench.spec import load_spec
+
+    try:
+        proposal = propose_grid(load_spec(spec), samples, percentile)
+    except MueBenchError as e:
+        raise _fail(e) from None
+    console.print(proposal.toml(), markup=False, highlight=False)
+
+
 @app.command("pick")
 def pick_cmd(
     results: Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")],

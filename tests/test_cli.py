@@ -161,3 +161,17 @@ def test_continue_on_error_records_the_failure_runs_the_rest_and_exits_1(tmp_pat
     monkeypatch.setattr(runner_module, "evaluate_point", real)
     healed = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
     assert healed.exit_code == 0 and "1 computed, 4 reused" in healed.output
+
+
+def test_calibrate_grid_proposes_thresholds_within_the_observed_similarities(tmp_path, shapes_root,
+                                                                            random_checkpoint):
+    import tomllib
+
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["calibrate-grid", str(spec), "--samples", "3", "--percentile", "25",
+                                 "--percentile", "75"])
+    assert result.exit_code == 0, result.output
+    grid = tomllib.loads(result.output)["grid"]
+    for key in ("tau_img", "tau_txt", "tau_dec"):
+        assert 1 <= len(grid[key]) <= 2 and all(-1 <= t <= 1 for t in grid[key])
+        assert grid[key] == sorted(grid[key])
