@@ -203,6 +203,8 @@ def train(
     config: Annotated[Path, typer.Option(help="Training config (JSON).")] = Path("configs/train-mue-tiny.json"),
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")] = Path("checkpoints/mue-tiny"),
     steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
+    init: Annotated[Path | None, typer.Option(help="For a config with continue_from: start from this checkpoint "
+                                                   "(which that config produced) instead of retraining it.")] = None,
 ) -> None:
     """Train the built-in model with the MuE layer-wise loss (reproduces the shipped checkpoint)."""
     from mue_bench.train import TrainConfig
@@ -212,7 +214,9 @@ def train(
         cfg = TrainConfig.from_file(config)
         if steps:
             cfg = cfg.model_copy(update={"steps": steps})
-        summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False))
+        if init is not None and cfg.continue_from is None:
+            raise SpecError("--init only applies to a config with continue_from")
+        summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False), init=init)
     except MueBenchError as e:
         raise _fail(e) from None
     console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")

@@ -46,6 +46,12 @@ class TrainConfig(BaseModel):
     dec_layers: int = 6
     encoder_attention: Literal["split", "joint"] = "split"
     threads: int = 2
+    entailment_fraction: float = 0.5
+    # "token": cross-entropy averaged over all target tokens (captions dominate: ~10 tokens vs 1 label);
+    # "sample": averaged within each sample first, so both tasks weigh what their share of the batch says.
+    loss_weighting: Literal["token", "sample"] = "token"
+    # A training config to run first; this one then continues from its weights (a second stage).
+    continue_from: str | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
@@ -66,13 +72,18 @@ def _first_error(e: ValueError) -> str:
 
 
 def layer_losses(model: TinyOFA, states: list[torch.Tensor], targets: torch.Tensor, pad_id: int,
-                 which: str) -> torch.Tensor:
+                 which: str, weighting: str = "token") -> torch.Tensor:
     """Cross-entropy of each decoder layer's output through final norm + head; [layers]."""
     chosen = states if which == "layerwise" else states[-1:]
-    return torch.stack([
-        F.cross_entropy(model.logits(h).flatten(0, 1), targets.flatten(), ignore_index=pad_id)
-        for h in chosen
-    ])
+    real = (targets != pad_id).float()
+    losses = []
+    for h in chosen:
+        ce = F.cross_entropy(model.logits(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none")
+        if weighting == "sample":
+            losses.append(((ce * real).sum(1) / real.sum(1).clamp(min=1)).mean())
+        else:
+            losses.append((ce * real).sum() / real.sum())
+    return torch.stack(losses)
 
 
 def training_samples(root: Path, split: str) -> list[Sample]:
@@ -80,20 +91,35 @@ def training_samples(root: Path, split: str) -> list[Sample]:
             + load_snli_ve(root / f"snli_ve_{split}.jsonl", root / "images", "{id}.png"))
 
 
-def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print) -> dict:
-    torch.manual_seed(cfg.seed)
+def _first_stage(cfg: TrainConfig, init: Path | None, log: Callable[[str], None]) -> tuple[TinyOFA, WordTokenizer]:
+    """The model a second stage starts from: trained here from `continue_from`, or loaded from `init`
+    (a checkpoint that config produced, to skip recomputing it)."""
+    assert cfg.continue_from is not None
+    if init is not None:
+        return TinyOFA.load(init).train(), WordTokenizer.load(init / "tokenizer.json")
+    first = train(TrainConfig.from_file(Path(cfg.continue_from)), None, log)
+    return first["model"].train(), first["tokenizer"]
+
+
+def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print, init: Path | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
     root = shapes.ensure(Path(cfg.data_root), cfg.data_seed)
     samples = training_samples(root, "train")
     captions = [s for s in samples if s.task == "caption"]
     entail = [s for s in samples if s.task == "entailment"]
-    texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
-    tok = WordTokenizer.build(texts)
-    model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
-                           enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
-                           encoder_attention=cfg.encoder_attention)
-    model = TinyOFA(model_cfg)
+    if cfg.continue_from is not None:
+        model, tok = _first_stage(cfg, init, log)
+        model_cfg = model.cfg
+    else:
+        texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
+        tok = WordTokenizer.build(texts)
+        model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
+                               enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+                               encoder_attention=cfg.encoder_attention)
+        torch.manual_seed(cfg.seed)
+        model = TinyOFA(model_cfg)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     pixels = {p: load_pixels(p, model_cfg.image_size) for p in {s.image for s in samples}}
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -103,7 +129,7 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
     start = time.perf_counter()
     model.train()
     for step in range(cfg.steps):
-        half = cfg.batch_size // 2
+        half = cfg.batch_size - round(cfg.batch_size * cfg.entailment_fraction)
         batch = ([captions[i] for i in rng.integers(len(captions), size=half)]
                  + [entail[i] for i in rng.integers(len(entail), size=cfg.batch_size - half)])
         inputs = collate([pixels[s.image] for s in batch], [prompt(s) for s in batch], tok)
@@ -112,7 +138,7 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
         dec_out, _ = pad(targets, tok.pad_id)
         enc_out, enc_mask = model.encode(inputs.images, inputs.ids, inputs.mask)
         states = model.decoder_states(dec_in, enc_out, enc_mask)
-        losses = layer_losses(model, states, dec_out, tok.pad_id, cfg.loss)
+        losses = layer_losses(model, states, dec_out, tok.pad_id, cfg.loss, cfg.loss_weighting)
         loss = losses.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

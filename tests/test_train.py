@@ -25,3 +25,32 @@ def test_layerwise_loss_sums_every_layer_and_final_loss_only_the_last(shapes_roo
     last = layer_losses(model, states, targets, 0, "final")
     assert every.shape == (6,) and last.shape == (1,)
     assert torch.allclose(every[-1], last[0])
+
+
+def test_sample_weighting_gives_a_one_token_target_the_same_weight_as_a_long_one():
+    import torch.nn.functional as F
+
+    from mue_bench.models.tiny import TinyConfig, TinyOFA
+
+    torch.manual_seed(0)
+    model = TinyOFA(TinyConfig(vocab_size=12, d_model=16, n_heads=2, d_ff=32))
+    states = [torch.randn(2, 4, 16)]
+    targets = torch.tensor([[5, 0, 0, 0], [6, 7, 8, 9]])  # a label word, and a 4-token caption (0 = pad)
+    ce = F.cross_entropy(model.logits(states[0]).transpose(1, 2), targets, reduction="none")
+    per_sample = (ce[0, 0] + ce[1].mean()) / 2
+    per_token = (ce[0, 0] + ce[1].sum()) / 5
+    assert torch.allclose(layer_losses(model, states, targets, 0, "final", "sample")[0], per_sample)
+    assert torch.allclose(layer_losses(model, states, targets, 0, "final", "token")[0], per_token)
+
+
+def test_a_second_stage_continues_from_its_first_stage_config(shapes_root, tmp_path):
+    small = {"data_root": str(shapes_root), "batch_size": 8, "d_model": 32, "n_heads": 2, "d_ff": 64, "warmup": 2}
+    first = tmp_path / "stage1.json"
+    first.write_text(TrainConfig(steps=3, **small).model_dump_json())
+    second = TrainConfig(steps=2, continue_from=str(first), loss_weighting="sample", entailment_fraction=0.75, **small)
+    a = train(second, tmp_path / "a", log=lambda _: None)
+    stage1 = train(TrainConfig.from_file(first), tmp_path / "s1", log=lambda _: None)
+    b = train(second, tmp_path / "b", log=lambda _: None, init=tmp_path / "s1")
+    assert stage1["steps"] == 3
+    for (name, pa), pb in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        assert torch.equal(pa, pb), name  # retraining stage 1 and loading it give the same stage 2
