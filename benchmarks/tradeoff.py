@@ -11,32 +11,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from mue_bench.data.loaders import load_karpathy
-from mue_bench.data.registry import load_samples
-from mue_bench.metrics import caption_scores
+from mue_bench.baselines import trivial_baseline
 from mue_bench.pareto import pick
 from mue_bench.runner import SweepOptions, run_sweep
 from mue_bench.spec import load_spec
 
 SPECS = {"caption": "sweeps/demo.toml", "entailment": "sweeps/demo-entailment.toml"}
-
-
-def baseline(task: str, spec) -> tuple[str, float]:
-    """Caption: the most frequent training caption for every image. Entailment: the majority label."""
-    samples = load_samples(spec.data)
-    if task == "caption":
-        root = Path(spec.data.root)
-        train = load_karpathy(root / "dataset_coco.json", root, "train")
-        common = Counter(r for s in train for r in s.references).most_common(1)[0][0]
-        score = caption_scores({"c": [common] * len(samples)}, [s.references for s in samples], meteor=False)
-        return f"constant caption {common!r}", float(score["c"]["cider"])
-    label, count = Counter(s.label for s in samples).most_common(1)[0]
-    return f"majority label {label!r}", count / len(samples)
 
 
 def best_quality_at(points: pd.DataFrame, saving: float) -> float:
@@ -55,7 +39,7 @@ def main() -> None:
     for task in args.tasks:
         base_spec = load_spec(Path(SPECS[task]))
         base_spec = base_spec.model_copy(update={"data": base_spec.data.model_copy(update={"limit": args.limit})})
-        desc, base = baseline(task, base_spec)
+        desc, base = trivial_baseline(base_spec)
         print(f"\n== {task} ({SPECS[task]}, n={args.limit}); trivial baseline, {desc}: {base:.3f}")
         header = (f"{'checkpoint':<22}{'full':>8}{'sav@99%':>9}{'sav@96%':>9}{'most aggr.':>11}"
                   + "".join(f"{'q@' + format(s, '.0%'):>9}" for s in args.savings))
@@ -65,7 +49,10 @@ def main() -> None:
                 spec = base_spec.model_copy(update={
                     "name": f"tradeoff-{task}",
                     "model": base_spec.model.model_copy(update={"checkpoint": ckpt}),
-                    "output": base_spec.output.model_copy(update={"dir": out})})
+                    "output": base_spec.output.model_copy(update={"dir": out}),
+                    # quality and savings do not depend on the batch (batch invariance is tested): batch for speed
+                    "run": base_spec.run.model_copy(update={"batch_size": 50}),
+                    "timing": base_spec.timing.model_copy(update={"warmup": 0})})
                 points = run_sweep(spec, SweepOptions(meteor=False)).points
             full = points[points["is_full"]].iloc[0]
             p99, p96 = pick(points, 0.99), pick(points, 0.96)
