@@ -1,0 +1,92 @@
+"""Loaders for the on-disk formats mue-bench reads: Karpathy-split COCO captions and SNLI-VE JSONL.
+
+Each returns plain `Sample` records (an image path plus what the task needs); prompts are a model
+family's business and are added by its adapter. Problems name the file and the row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mue_bench.errors import SpecError
+
+# SNLI-VE's labels as OFA generates them: a word the decoder emits.
+LABEL_WORDS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    image: Path
+    task: str  # "caption" | "entailment"
+    references: tuple[str, ...] = field(default=())
+    hypothesis: str = ""
+    label: str = ""  # the label word, for entailment
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"dataset file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def load_karpathy(annotations: Path, image_root: Path, split: str) -> list[Sample]:
+    """COCO in Karpathy's `dataset_coco.json`: images[i] has filepath, filename, split, sentences."""
+    data = _read_json(annotations)
+    samples = []
+    for i, img in enumerate(data.get("images", [])):
+        try:
+            img_split = "train" if img["split"] == "restval" else img["split"]
+            if img_split != split:
+                continue
+            refs = tuple(s["raw"].strip() for s in img["sentences"])
+            path = image_root / img.get("filepath", "") / img["filename"]
+            sid = str(img.get("cocoid", img.get("imgid", i)))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SpecError(f"{annotations}: images[{i}] is malformed (missing {e})") from None
+        if not refs:
+            raise SpecError(f"{annotations}: images[{i}] has no sentences")
+        samples.append(Sample(sid, path, "caption", references=refs))
+    return samples
+
+
+def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg") -> list[Sample]:
+    """SNLI-VE's JSONL release: Flickr30K_ID, sentence2 (hypothesis), gold_label, pairID."""
+    if not jsonl.is_file():
+        raise SpecError(f"dataset file not found: {jsonl}")
+    samples = []
+    with open(jsonl) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                label = LABEL_WORDS[row["gold_label"]]
+                sample = Sample(str(row.get("pairID", lineno)),
+                                image_root / image_pattern.format(id=row["Flickr30K_ID"]),
+                                "entailment", hypothesis=row["sentence2"].strip(), label=label)
+            except json.JSONDecodeError as e:
+                raise SpecError(f"{jsonl}:{lineno}: not valid JSON ({e.msg})") from None
+            except KeyError as e:
+                raise SpecError(f"{jsonl}:{lineno}: missing or unknown value {e}") from None
+            samples.append(sample)
+    return samples
+
+
+def check_images(samples: list[Sample]) -> None:
+    """Fail before any model work if an image is missing or unreadable, naming it."""
+    from PIL import Image
+
+    for s in samples:
+        if not s.image.is_file():
+            raise SpecError(f"image not found: {s.image} (sample {s.sample_id})")
+        try:
+            with Image.open(s.image) as im:
+                im.verify()
+        except Exception as e:  # PIL raises many types for a bad file
+            raise SpecError(f"image unreadable: {s.image} (sample {s.sample_id}: {e})") from None

@@ -1,0 +1,184 @@
+"""The synthetic `shapes` benchmark, generated deterministically from a seed.
+
+Why synthetic: mue-bench must run on a fresh laptop with no downloads, yet exercise what early exit
+exploits, namely that some inputs are easy and some are hard. An image holds 1-4 coloured shapes of
+varied size and position: one large shape is easy to caption, four small ones are not.
+
+Why these file formats: the generator writes exactly what the real datasets ship, a Karpathy-split
+`dataset_coco.json` with an image folder for captioning and SNLI-VE-style JSONL for entailment, so
+the loaders that read the demo are the loaders that read COCO and SNLI-VE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 48
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle")
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+NEUTRAL_PROPERTIES = ("heavy", "new", "old", "soft", "warm", "wooden")
+SPLIT_SIZES = {"train": 6000, "val": 500, "test": 500}
+GENERATOR_VERSION = 2
+MARKER = "shapes.json"
+
+
+@dataclass(frozen=True)
+class Shape:
+    color: str
+    kind: str
+    size: str  # "small" | "large"
+    x: int  # centre
+    y: int
+    radius: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+def _sample_scene(rng: random.Random) -> list[Shape]:
+    count = rng.choice((1, 1, 2, 2, 3, 4))
+    pairs = rng.sample([(c, k) for c in COLORS for k in SHAPES], count)
+    placed: list[Shape] = []
+    for color, kind in pairs:
+        for _ in range(200):
+            size = rng.choice(("small", "large"))
+            radius = rng.randint(4, 6) if size == "small" else rng.randint(8, 11)
+            x = rng.randint(radius + 1, IMAGE_SIZE - radius - 2)
+            y = rng.randint(radius + 1, IMAGE_SIZE - radius - 2)
+            clear = all(abs(x - s.x) > radius + s.radius + 1 or abs(y - s.y) > radius + s.radius + 1
+                        for s in placed)
+            # Distinct x keeps "left of" unambiguous.
+            if clear and all(abs(x - s.x) >= 3 for s in placed):
+                placed.append(Shape(color, kind, size, x, y, radius))
+                break
+    return sorted(placed, key=lambda s: s.x)
+
+
+def _draw(shapes: list[Shape], rng: random.Random) -> Image.Image:
+    shade = rng.randint(0, 60)
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (shade, shade, shade))
+    draw = ImageDraw.Draw(img)
+    for s in shapes:
+        box = (s.x - s.radius, s.y - s.radius, s.x + s.radius, s.y + s.radius)
+        if s.kind == "circle":
+            draw.ellipse(box, fill=COLORS[s.color])
+        elif s.kind == "square":
+            draw.rectangle(box, fill=COLORS[s.color])
+        else:
+            draw.polygon([(s.x, s.y - s.radius), (s.x - s.radius, s.y + s.radius),
+                          (s.x + s.radius, s.y + s.radius)], fill=COLORS[s.color])
+    return img
+
+
+def _listing(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return " , ".join(items[:-1]) + " and " + items[-1]
+
+
+def captions(shapes: list[Shape]) -> list[str]:
+    """Five references with varied wording, shapes always named left to right."""
+    sized = [f"a {s.size} {s.name}" for s in shapes]
+    plain = [f"a {s.name}" for s in shapes]
+    n = len(shapes)
+    noun = "shape" if n == 1 else "shapes"
+    relation = " left of ".join(plain) if n > 1 else f"{plain[0]} on its own"
+    return [
+        _listing(sized),
+        "there is " + _listing(plain),
+        f"{COUNT_WORDS[n]} {noun} : " + _listing(plain),
+        relation,
+        "an image of " + _listing(sized),
+    ]
+
+
+def hypotheses(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    """Three (hypothesis, label) pairs, one per label, about colour, count, kind or position."""
+    present_colors = {s.color for s in shapes}
+    absent_colors = [c for c in COLORS if c not in present_colors]
+    n = len(shapes)
+
+    entail = [f"there is a {rng.choice(shapes).color} shape",
+              f"there {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} {'shape' if n == 1 else 'shapes'}",
+              f"there is a {rng.choice(shapes).kind}"]
+    absent_kinds = [k for k in SHAPES if k not in {s.kind for s in shapes}]
+    contra = [f"there is a {rng.choice(absent_colors)} shape",
+              f"there are {COUNT_WORDS[rng.choice([c for c in COUNT_WORDS if c != n and c > 1])]} shapes"]
+    if absent_kinds:  # otherwise "there is a <kind>" would always be true: a hypothesis-only shortcut
+        contra.append(f"there is a {rng.choice(absent_kinds)}")
+    if n > 1:
+        i, j = sorted(rng.sample(range(n), 2))
+        a, b = shapes[i], shapes[j]
+        entail.append(f"the {a.name} is left of the {b.name}")
+        contra.append(f"the {b.name} is left of the {a.name}")
+    neutral = f"the {rng.choice(shapes).name} is {rng.choice(NEUTRAL_PROPERTIES)}"
+    return [(rng.choice(entail), "entailment"), (rng.choice(contra), "contradiction"),
+            (neutral, "neutral")]
+
+
+def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write the benchmark under `root` atomically (a temp dir renamed into place)."""
+    sizes = sizes or SPLIT_SIZES
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root.parent))
+    try:
+        (tmp / "images").mkdir()
+        rng = random.Random(seed)
+        karpathy: list[dict] = []
+        image_id = 0
+        for split, count in sizes.items():
+            rows = []
+            for _ in range(count):
+                shapes = _sample_scene(rng)
+                name = f"shapes_{image_id:06d}.png"
+                _draw(shapes, rng).save(tmp / "images" / name)
+                karpathy.append({
+                    "filepath": "images", "filename": name, "split": split,
+                    "imgid": image_id, "cocoid": image_id,
+                    "sentences": [{"raw": c, "tokens": c.split()} for c in captions(shapes)],
+                })
+                for k, (hyp, label) in enumerate(hypotheses(shapes, rng)):
+                    rows.append({"pairID": f"{image_id}-{k}", "Flickr30K_ID": f"shapes_{image_id:06d}",
+                                 "sentence2": hyp, "gold_label": label})
+                image_id += 1
+            with open(tmp / f"snli_ve_{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        (tmp / "dataset_coco.json").write_text(json.dumps({"images": karpathy}))
+        (tmp / MARKER).write_text(json.dumps({"seed": seed, "sizes": sizes, "version": GENERATOR_VERSION}))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+def ensure(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Generate the benchmark unless `root` already holds one from the same seed (and the same
+    split sizes, when sizes are given)."""
+    marker = Path(root) / MARKER
+    if marker.exists():
+        found = json.loads(marker.read_text())
+        if (found.get("seed"), found.get("version")) == (seed, GENERATOR_VERSION) and (
+                sizes is None or found.get("sizes") == sizes):
+            return Path(root)
+    return generate(Path(root), seed, sizes)
