@@ -62,7 +62,7 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
             ax.errorbar(xs, ys, yerr=np.nan_to_num(yerr), fmt="none", ecolor=color, alpha=0.25, lw=0.8)
         ax.scatter(xs, ys, s=14, color=color, alpha=0.55, label=f"{_label(ok)} ({len(ok)} points)")
         front = pareto_front(ok, xcol, y)
-        ax.step(100 * front[xcol], yscale * front[y], where="post", color=color, lw=1.6,
+        ax.step(100 * front[xcol], yscale * front[y], where="pre", color=color, lw=1.6,
                 label="Pareto front" if i == 0 else None)
         chosen = pick(ok, budget, xcol) if y == "quality_rel" else None
         if chosen is not None:
@@ -84,7 +84,7 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
 def heatmaps(points: pd.DataFrame, out: Path, value: str = "quality_rel") -> list[Path]:
     ok = points[(points["status"] == "ok") & ~points["is_full"] & points["fixed_exit"].isna()]
     decs = sorted(ok["tau_dec"].unique())
-    fig, axes = plt.subplots(1, len(decs), figsize=(3.6 * len(decs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(decs), figsize=(3.8 * len(decs), 3.4), squeeze=False)
     for ax, dec in zip(axes[0], decs):
         grid = ok[ok["tau_dec"] == dec].pivot_table(index="tau_img", columns="tau_txt", values=value, aggfunc="max")
         im = ax.imshow(100 * grid.to_numpy(), origin="lower", cmap="viridis", aspect="auto",
@@ -92,7 +92,8 @@ def heatmaps(points: pd.DataFrame, out: Path, value: str = "quality_rel") -> lis
         ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], fontsize=7)
         ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index], fontsize=7)
         ax.set_xlabel("τ_txt")
-        ax.set_ylabel("τ_img")
+        if ax is axes[0][0]:
+            ax.set_ylabel("τ_img")
         ax.set_title(f"τ_dec = {dec:g}" if dec <= 1 else "τ_dec off", fontsize=9)
         for (r, c), v in np.ndenumerate(grid.to_numpy()):
             ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="white")
