@@ -43,9 +43,25 @@ def tokenize(texts: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         return PTBTokenizer().tokenize({k: [{"caption": s or "."} for s in v] for k, v in texts.items()})
 
 
-def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]],
-                   meteor: bool = True) -> dict[str, dict[str, float | np.ndarray]]:
-    """{point: {metric: corpus score, metric + "_per_sample": [n]}} for each grid point's predictions.
+Tokens = dict[int, list[str]]  # sample index -> PTB-tokenized sentences
+
+
+def tokenize_grid(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]],
+                  ) -> tuple[Tokens, dict[str, Tokens]]:
+    """References and every point's predictions, tokenized in one Java call: (gts, {point: res})."""
+    n = len(references)
+    texts: dict[str, Sequence[str]] = {f"ref{i}": refs for i, refs in enumerate(references)}
+    for point, preds in predictions.items():
+        assert len(preds) == n, f"{point}: {len(preds)} predictions for {n} references"
+        texts.update({f"{point}\x00{i}": [p] for i, p in enumerate(preds)})
+    tokens = tokenize(texts)
+    gts = {i: tokens[f"ref{i}"] for i in range(n)}
+    return gts, {point: {i: tokens[f"{point}\x00{i}"] for i in range(n)} for point in predictions}
+
+
+def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: bool = True,
+                    ) -> dict[str, dict[str, float | np.ndarray]]:
+    """{point: {metric: corpus score, metric + "_per_sample": [n]}}; one METEOR process for all points.
 
     Corpus scores are pycocoevalcap's own (CIDEr-D is the mean of its per-sample scores; BLEU-4 and
     METEOR aggregate n-gram / alignment statistics, so they are recomputed from the stored predictions).
@@ -55,18 +71,10 @@ def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequenc
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
-    n = len(references)
-    texts: dict[str, Sequence[str]] = {f"ref{i}": refs for i, refs in enumerate(references)}
-    for point, preds in predictions.items():
-        assert len(preds) == n, f"{point}: {len(preds)} predictions for {n} references"
-        texts.update({f"{point}\x00{i}": [p] for i, p in enumerate(preds)})
-    tokens = tokenize(texts)
-    gts = {i: tokens[f"ref{i}"] for i in range(n)}
     scorer_meteor = Meteor() if meteor else None
     out: dict[str, dict[str, float | np.ndarray]] = {}
     try:
-        for point in predictions:
-            res = {i: tokens[f"{point}\x00{i}"] for i in range(n)}
+        for point, res in res_by_point.items():
             with _quiet():
                 scorers = [("cider", Cider(), None), ("bleu4", Bleu(4), 3), ("rouge_l", Rouge(), None)]
                 if scorer_meteor is not None:
@@ -86,27 +94,26 @@ def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequenc
     return out
 
 
-def agreement(predictions: Mapping[str, Sequence[str]], full: Sequence[str], task: str,
-              ) -> dict[str, np.ndarray]:
-    """Per-sample agreement with the full model's output, in [0, 1] (DESIGN.md §2 `consistency`):
-    exact match for labels, ROUGE-L F between the two captions for caption tasks."""
-    if task != "caption":
-        return {p: np.array([float(a == b) for a, b in zip(preds, full)]) for p, preds in predictions.items()}
+def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]],
+                   meteor: bool = True) -> dict[str, dict[str, float | np.ndarray]]:
+    """Score raw predictions of several points (see score_tokenized)."""
+    gts, res = tokenize_grid(predictions, references)
+    return score_tokenized(gts, res, meteor)
+
+
+def caption_agreement(res_by_point: Mapping[str, Tokens], full: Tokens) -> dict[str, np.ndarray]:
+    """Per-sample agreement of tokenized captions with the full model's, in [0, 1] (DESIGN.md §2
+    `consistency`): 1 for identical token sequences, else ROUGE-L F between the two captions."""
     from pycocoevalcap.rouge.rouge import Rouge
 
-    texts: dict[str, Sequence[str]] = {f"full{i}": [f] for i, f in enumerate(full)}
-    for point, preds in predictions.items():
-        texts.update({f"{point}\x00{i}": [p] for i, p in enumerate(preds)})
-    tokens = tokenize(texts)
     rouge = Rouge()
-    out = {}
-    for point, preds in predictions.items():
-        out[point] = np.array([
-            1.0 if tokens[f"{point}\x00{i}"] == tokens[f"full{i}"]
-            else rouge.calc_score(tokens[f"{point}\x00{i}"], tokens[f"full{i}"])
-            for i in range(len(preds))
-        ])
-    return out
+    return {point: np.array([1.0 if res[i] == full[i] else rouge.calc_score(res[i], full[i]) for i in sorted(res)])
+            for point, res in res_by_point.items()}
+
+
+def label_agreement(predictions: Mapping[str, Sequence[str]], full: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-sample exact match with the full model's label."""
+    return {p: np.array([float(a == b) for a, b in zip(preds, full)]) for p, preds in predictions.items()}
 
 
 def accuracy(predictions: Sequence[str], labels: Sequence[str]) -> np.ndarray:

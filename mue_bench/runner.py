@@ -24,7 +24,7 @@ import mue_bench
 from mue_bench.data.loaders import Sample, check_images
 from mue_bench.data.registry import load_samples
 from mue_bench.errors import MueBenchError
-from mue_bench.metrics import accuracy, agreement, caption_scores
+from mue_bench.metrics import accuracy, caption_agreement, label_agreement, score_tokenized, tokenize_grid
 from mue_bench.models.registry import checkpoint_hash, device_name, load_adapter, resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
@@ -107,15 +107,19 @@ def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitC
     preds = {pid: g["prediction"].tolist() for pid, g in by_point.items()}
     corpus: dict[str, dict[str, float]] = {}
     scored = []
-    if task == "caption":
-        scores = caption_scores(preds, [s.references for s in dataset], meteor=meteor)
+    if task == "caption":  # one tokenizer call serves the quality metrics and consistency
+        gts, tokens = tokenize_grid(preds, [s.references for s in dataset])
+        scores = score_tokenized(gts, tokens, meteor=meteor)
     consist: dict[str, np.ndarray] = {}
     for mode in {c.encoder_mode for c in configs.values()}:
         ref_id = point_id(ExitConfig(encoder_mode=mode))
         if ref_id not in preds:
             continue
-        members = {pid: p for pid, p in preds.items() if configs[pid].encoder_mode == mode}
-        consist.update(agreement(members, preds[ref_id], task))
+        members = [pid for pid in preds if configs[pid].encoder_mode == mode]
+        if task == "caption":
+            consist.update(caption_agreement({pid: tokens[pid] for pid in members}, tokens[ref_id]))
+        else:
+            consist.update(label_agreement({pid: preds[pid] for pid in members}, preds[ref_id]))
     for pid, g in by_point.items():
         g = g.copy()
         if task == "caption":
