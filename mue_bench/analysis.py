@@ -14,11 +14,8 @@ import pandas as pd
 from mue_bench.bootstrap import bootstrap_intervals
 from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.pareto import OBJECTIVES, LTTResult, candidates, learn_then_test
+from mue_bench.spec import samples_path_for
 from mue_bench.store import read_table
-
-
-def samples_path(results: Path) -> Path:
-    return results.with_name(results.name.removesuffix(".parquet") + ".samples.parquet")
 
 
 def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -26,7 +23,7 @@ def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     points = read_table(path)
     if "point_id" not in points or "quality_rel" not in points:
         raise SpecError(f"{path}: not a mue-bench results file (no point_id / quality_rel columns)")
-    return points, read_table(samples_path(path))
+    return points, read_table(samples_path_for(path))
 
 
 @dataclass
@@ -91,7 +88,7 @@ def risk_pick(paths: list[Path], delta: float, confidence: float, calibration_sp
     result = learn_then_test(threshold_path(points), losses, delta, 1.0 - confidence)
     verification = None
     if verify_split is not None:
-        ver_points, ver_samples = load_results(_by_split(paths, verify_split))
+        _, ver_samples = load_results(_by_split(paths, verify_split))
         risk = 1.0 - ver_samples.groupby("point_id")["consistency"].mean()
         verification = risk.rename("realised_risk").reset_index()
     return RiskPick(result, cal_path, verification)

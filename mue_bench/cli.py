@@ -232,10 +232,11 @@ def plot(
 ) -> None:
     """Draw the Pareto front, heatmaps, exit histograms and realization scatter (PNG and SVG)."""
     from mue_bench.analysis import load_results
+    from mue_bench.pareto import OBJECTIVES
 
     try:
-        if x not in ("layer", "flop", "time"):
-            raise SpecError(f"--x must be layer, flop or time (got {x!r})")
+        if x not in OBJECTIVES:
+            raise SpecError(f"--x must be one of {', '.join(OBJECTIVES)} (got {x!r})")
         if y not in ("quality_rel", "quality"):
             raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
         loaded = [load_results(p) for p in results]
