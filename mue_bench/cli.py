@@ -84,6 +84,7 @@ class _RichProgress:
             batch_done=lambda: self.p.advance(self.batches),
             point_done=lambda pid, ok: self.p.advance(self.points),
             scoring=lambda: self.p.update(self.batches, description="scoring (pycocoevalcap)"),
+            warn=lambda msg: err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
         )
 
 

@@ -9,7 +9,7 @@ alone. Rows are laid out sample-major: row = sample * num_beams + beam.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -33,6 +33,11 @@ class DecodingConfig:
     num_beams: int = 1
     max_len: int = 16
     no_repeat_ngram: int = 0
+    # Beam search semantics of the model's own generation: "fairseq" (OFA, the built-in model) or "hf"
+    # (transformers `generate()`), so that "no exit" is token-identical to each model's own output.
+    beam_style: Literal["fairseq", "hf"] = "fairseq"
+    length_penalty: float = 1.0  # hf only: finished score = sum log p / generated_length ** length_penalty
+    early_stopping: bool | Literal["never"] = False  # hf only, as in transformers' GenerationConfig
 
 
 def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: list[int]) -> None:
@@ -53,6 +58,8 @@ def generate(stepper: Stepper, batch_size: int, cfg: DecodingConfig, device: tor
     """Token ids per sample, without the start token, ending with EOS unless cut by max_len."""
     if cfg.num_beams == 1:
         return _greedy(stepper, batch_size, cfg, device)
+    if cfg.beam_style == "hf":
+        return _beam_hf(stepper, batch_size, cfg, device)
     return _beam(stepper, batch_size, cfg, device)
 
 
@@ -137,3 +144,67 @@ def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -
                 if s > float("-inf"):
                     finished[b].append((s / max(length, 1), seqs[b * k + beam][1:]))
     return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
+
+
+_NEG = -1.0e9  # transformers' "impossible" score; kept as is so sums and ties match its arithmetic
+
+
+def _beam_hf(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
+    """transformers' beam search (GenerationMixin._beam_search, v5), restated over a Stepper.
+
+    Differences from `_beam` that change outputs: 2k candidates per step, of which only the top k ranks may
+    finish; a finished hypothesis is scored by generated length (EOS included) ** length_penalty; at the
+    last step every top-k candidate finishes; a sample stops once no running beam can beat its worst
+    finished one (`early_stopping=False`), or once it has k finished ones (`early_stopping=True`).
+    """
+    k, lp = cfg.num_beams, cfg.length_penalty
+    rows = n * k
+    seqs = [[cfg.bos_id] for _ in range(rows)]
+    run_scores = torch.zeros(n, k, device=device)
+    run_scores[:, 1:] = _NEG
+    fin_scores = torch.full((n, k), _NEG, device=device)
+    fin_flags = torch.zeros(n, k, dtype=torch.bool, device=device)
+    fin_seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(n)]
+    open_ = torch.ones(n, dtype=torch.bool, device=device)  # the early-stop heuristic is unsatisfied
+    top_ranks = torch.arange(2 * k, device=device) < k
+    offsets = torch.arange(n, device=device)[:, None] * k
+    tokens = torch.full((rows,), cfg.bos_id, dtype=torch.long, device=device)
+    for t in range(cfg.max_len):
+        sample_alive = open_ & ~(fin_flags.all(-1) & (cfg.early_stopping is True))
+        logprobs = stepper.step(tokens, sample_alive.repeat_interleave(k)).float()
+        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, list(range(rows)))
+        vocab = logprobs.shape[-1]
+        cand = (logprobs.view(n, k, vocab) + run_scores[:, :, None]).reshape(n, k * vocab)
+        top_lp, top_idx = cand.topk(2 * k)
+        src = top_idx // vocab + offsets  # [n, 2k] source rows
+        tok = top_idx % vocab
+        hits = (tok == cfg.eos_id) | (t + 1 >= cfg.max_len)
+        cand_seqs = [[seqs[r] + [x] for r, x in zip(rs, xs)] for rs, xs in zip(src.tolist(), tok.tolist())]
+
+        run_lp = top_lp + hits.float() * _NEG
+        keep = run_lp.topk(k).indices
+        run_scores = run_lp.gather(1, keep)
+
+        fin_cand = top_lp / ((t + 1) ** lp)
+        fin_cand = fin_cand + (fin_flags.all(-1, keepdim=True) & (cfg.early_stopping is True)).float() * _NEG
+        fin_cand = fin_cand + (~open_[:, None]).float() * _NEG
+        just = hits & top_ranks[None, :]
+        fin_cand = fin_cand + (~just) * _NEG
+        best = torch.cat([fin_scores, fin_cand], 1).topk(k).indices
+        fin_scores = torch.cat([fin_scores, fin_cand], 1).gather(1, best)
+        fin_flags = torch.cat([fin_flags, just], 1).gather(1, best)
+        fin_seqs = [[(old + new)[i] for i in idx] for old, new, idx in zip(fin_seqs, cand_seqs, best.tolist())]
+
+        index = src.gather(1, keep).flatten()
+        stepper.reorder(index)
+        kept = keep.tolist()
+        seqs = [cand_seqs[b][i] for b in range(n) for i in kept[b]]
+        tokens = tok.gather(1, keep).flatten()
+
+        length = cfg.max_len if cfg.early_stopping == "never" and lp > 0 else t + 1
+        best_running = run_scores[:, :1] / (length ** lp)
+        worst_finished = torch.where(fin_flags, fin_scores.min(1, keepdim=True).values, _NEG)
+        open_ = open_ & (best_running > worst_finished).any(-1)
+        if not bool(open_.any()) or bool(fin_flags.all() & (cfg.early_stopping is True)) or bool(hits.all()):
+            break
+    return [fin_seqs[b][0][1:] for b in range(n)]

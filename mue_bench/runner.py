@@ -50,6 +50,7 @@ class Progress:
     batch_done: Callable[[], None] = lambda: None
     point_done: Callable[[str, bool], None] = lambda pid, ok: None
     scoring: Callable[[], None] = lambda: None
+    warn: Callable[[str], None] = lambda message: None
 
 
 @dataclass
@@ -185,6 +186,11 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
     todo = [pid for pid in configs if pid not in done]
     adapter, samples, batches = prepare_inputs(spec, device)
+    native = getattr(adapter, "native_encoder_mode", None)
+    if native and any(c.encoder_mode != native for c in configs.values()):
+        progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
+                      f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
+                      f"function than the model was trained for (use {native!r} unless you mean it)")
     if any(len(rows) != len(samples) for rows in done.values()):
         raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
 

@@ -30,20 +30,23 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    family: Literal["mue-tiny"] = "mue-tiny"
-    checkpoint: str = "mue-tiny"  # built-in name or local directory
+    family: Literal["mue-tiny", "florence2"] = "mue-tiny"
+    # mue-tiny: a built-in name or a local directory. florence2: a hub id or a local directory in
+    # transformers' format, or "random:tiny|base|large" (random weights of that shape, for speed only).
+    checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # transformers models only
 
 
 class DataSpec(_Strict):
-    dataset: Literal["shapes", "coco-karpathy", "snli-ve"] = "shapes"
+    dataset: Literal["shapes", "coco-karpathy", "snli-ve", "jsonl"] = "shapes"
     task: Literal["caption", "entailment"] = "caption"
     split: str = "test"
     limit: int | None = Field(default=None, ge=1)
     # shapes: generated here if missing; coco-karpathy / snli-ve: where the files are.
     root: str = "data/shapes"
     seed: int = 0
-    annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve: the split's .jsonl
+    annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file
     images: str | None = None  # image root
     image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID
 
@@ -80,7 +83,8 @@ class GridSpec(_Strict):
     tau_img: Thresholds = [NO_EXIT]
     tau_txt: Thresholds = [NO_EXIT]
     tau_dec: Thresholds = [NO_EXIT]
-    encoder_mode: list[Literal["split", "freeze"]] = ["split"]
+    # freeze is exact for joint encoders (the shipped mue-tiny, Florence-2); split is the authors' streams
+    encoder_mode: list[Literal["split", "freeze"]] = ["freeze"]
     kv_fill: list[Literal["copy", "propagate", "official"]] = ["copy"]
     dec_schedule: list[Literal["official", "constant"]] = ["constant"]
     # Benchmarking mode: exit after exactly these layer counts [img, txt, dec], ignoring similarity.

@@ -96,6 +96,6 @@ def test_ranges_expand_and_full_model_comes_first(tmp_path):
     from mue_bench.spec import point_id
 
     ids = [point_id(p) for p in spec.points()]
-    assert ids[0] == "full-split"
-    assert "img=0.95-txt=0.9-dec=0.8-split-copy-constant" in ids
+    assert ids[0] == "full-freeze"  # freeze by default: exact for joint encoders
+    assert "img=0.95-txt=0.9-dec=0.8-freeze-copy-constant" in ids
     assert len(ids) == len(set(ids)) == 1 + 3 * 2

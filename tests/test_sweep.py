@@ -38,6 +38,7 @@ def write_spec(tmp_path: Path, shapes_root: Path, checkpoint: Path, name: str = 
         tau_img = [0.5, 0.9]
         tau_txt = [0.9]
         tau_dec = [0.3, 0.9]
+        encoder_mode = ["split"]  # the random checkpoint's native mode
         [run]
         batch_size = 2
         [timing]

@@ -1,4 +1,5 @@
-"""Loaders for the on-disk formats mue-bench reads: Karpathy-split COCO captions and SNLI-VE JSONL.
+"""Loaders for the on-disk formats mue-bench reads: Karpathy-split COCO captions, SNLI-VE JSONL, and a
+generic JSONL (one image, an optional prompt, and references or a label per line).
 
 Each returns plain `Sample` records (an image path plus what the task needs); prompts are a model
 family's business and are added by its adapter. Problems name the file and the row.
@@ -24,6 +25,7 @@ class Sample:
     references: tuple[str, ...] = field(default=())
     hypothesis: str = ""
     label: str = ""  # the label word, for entailment
+    prompt: str = ""  # set by the generic JSONL: overrides the model family's own prompt
 
 
 def _read_json(path: Path) -> dict:
@@ -75,6 +77,35 @@ def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg")
             except KeyError as e:
                 raise SpecError(f"{jsonl}:{lineno}: missing or unknown value {e}") from None
             samples.append(sample)
+    return samples
+
+
+def load_jsonl(jsonl: Path, image_root: Path, task: str) -> list[Sample]:
+    """Generic JSONL: {"image": path (relative to image_root), "prompt": optional text, and "references":
+    [captions] for captioning or "label": the word to generate for classification; "id" optional}."""
+    if not jsonl.is_file():
+        raise SpecError(f"dataset file not found: {jsonl}")
+    want = "references" if task == "caption" else "label"
+    samples = []
+    with open(jsonl) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SpecError(f"{jsonl}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "image" not in row or want not in row:
+                raise SpecError(f"{jsonl}:{lineno}: needs 'image' and '{want}' (task {task!r})")
+            refs, label = row.get("references", []), row.get("label", "")
+            if task == "caption" and (not isinstance(refs, list) or not refs
+                                      or not all(isinstance(r, str) for r in refs)):
+                raise SpecError(f"{jsonl}:{lineno}: 'references' must be a non-empty list of strings")
+            if task != "caption" and (not isinstance(label, str) or not label.strip()):
+                raise SpecError(f"{jsonl}:{lineno}: 'label' must be a non-empty string")
+            samples.append(Sample(str(row.get("id", lineno)), image_root / str(row["image"]), task,
+                                  references=tuple(r.strip() for r in refs), label=str(label).strip(),
+                                  hypothesis=str(row.get("hypothesis", "")), prompt=str(row.get("prompt", ""))))
     return samples
 
 

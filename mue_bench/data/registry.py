@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mue_bench.data import shapes
-from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
+from mue_bench.data.loaders import Sample, load_jsonl, load_karpathy, load_snli_ve
 from mue_bench.errors import SpecError
 from mue_bench.spec import DataSpec
 
@@ -19,6 +19,8 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
             samples = load_snli_ve(root / f"snli_ve_{spec.split}.jsonl", root / "images", "{id}.png")
     elif spec.dataset == "coco-karpathy":
         samples = load_karpathy(Path(spec.annotations or ""), Path(spec.images or ""), spec.split)
+    elif spec.dataset == "jsonl":
+        samples = load_jsonl(Path(spec.annotations or ""), Path(spec.images or ""), spec.task)
     else:
         samples = load_snli_ve(Path(spec.annotations or ""), Path(spec.images or ""), spec.image_pattern)
     limit = limit or spec.limit

@@ -34,9 +34,13 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def load_adapter(spec: ModelSpec, device: torch.device, dtype: str) -> TinyAdapter:
+def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
     if spec.family == "mue-tiny":
         adapter = TinyAdapter.load(spec.checkpoint)
+    elif spec.family == "florence2":
+        from mue_bench.models.florence2 import Florence2Adapter
+
+        adapter = Florence2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])
@@ -44,9 +48,25 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str) -> TinyAdapt
 
 
 def checkpoint_hash(spec: ModelSpec) -> str:
-    """sha256 of the weight files, so results name exactly which weights produced them."""
+    """sha256 of the weight files, so results name exactly which weights produced them. A hub id is
+    hashed from the files of its local cache copy when there is one; random weights are named as such."""
+    if spec.checkpoint.startswith("random:"):
+        return spec.checkpoint
     path = BUILTIN_DIR / spec.checkpoint if (BUILTIN_DIR / spec.checkpoint).is_dir() else Path(spec.checkpoint)
+    if not path.is_dir():
+        path = _hub_snapshot(spec.checkpoint)
+        if path is None:
+            return f"hub:{spec.checkpoint}"
     h = hashlib.sha256()
     for f in sorted(path.glob("*.safetensors")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, not a valid id, or no hub library: fall back to naming it
+        return None

@@ -78,9 +78,12 @@ class EncoderLayer(nn.Module):
         self.attn = Attention(cfg.d_model, cfg.n_heads)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
 
-    def forward(self, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
+        """`queries`: update only these positions; every position still serves as a key/value."""
         x = self.ln1(h)
         k, v = self.attn.kv(x)
+        if queries is not None:
+            h, x = h[:, queries], x[:, queries]
         h = h + self.attn(x, k, v, mask=key_mask[:, None, None, :])
         return h + self.ffn(self.ln2(h))
 

@@ -56,8 +56,9 @@ class TinyAdapter:
         images = batch.images.to(self.model.patch_embed.weight.dtype)
         return Streams(self.model.embed_image(images), self.model.embed_text(batch.ids), batch.mask)
 
-    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encoder[layer](h, key_mask)
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
+                      ) -> torch.Tensor:
+        return self.model.encoder[layer](h, key_mask, queries)
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.enc_norm(h)

@@ -16,6 +16,8 @@ CAPTION_PROMPT = "what does the image describe ?"
 
 
 def prompt(sample: Sample) -> str:
+    if sample.prompt:
+        return sample.prompt
     if sample.task == "caption":
         return CAPTION_PROMPT
     return f'does the image describe " {sample.hypothesis} " ?'

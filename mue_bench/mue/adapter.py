@@ -39,7 +39,10 @@ class ExitAdapter(Protocol):
 
     def embed_streams(self, batch: Any) -> Streams: ...
 
-    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor: ...
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
+                      ) -> torch.Tensor:
+        """Encoder layer `layer` on [B, N, D]. With `queries`, only those positions are computed and returned
+        ([B, len, D]); all N positions still serve as keys/values (`freeze` mode skips a saturated modality)."""
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor: ...
 

@@ -65,11 +65,20 @@ def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: Str
     key_mask = torch.cat([streams.image_mask, streams.text_mask], 1)
     is_img = torch.zeros_like(key_mask)
     is_img[:, : streams.image.shape[1]] = True
+    n_img = streams.image.shape[1]
     for layer in range(adapter.n_enc_layers):
-        if not bool((img.active | txt.active).any()):
+        img_on, txt_on = torch.stack([img.active.any(), txt.active.any()]).tolist()  # one host sync
+        if not (img_on or txt_on):
             break
+        # Once a modality has saturated for the whole batch, compute queries for the other one only.
+        queries = None if img_on and txt_on else slice(0, n_img) if img_on else slice(n_img, None)
         update = (is_img & img.active[:, None]) | (~is_img & txt.active[:, None])
-        new = torch.where(update[..., None], adapter.encoder_layer(layer, h, key_mask), h)
+        if queries is None:
+            new = torch.where(update[..., None], adapter.encoder_layer(layer, h, key_mask), h)
+        else:
+            new = h.clone()
+            new[:, queries] = torch.where(update[:, queries, None],
+                                          adapter.encoder_layer(layer, h, key_mask, queries), h[:, queries])
         img.observe(layer, stream_similarity(new, h, key_mask & is_img))
         txt.observe(layer, stream_similarity(new, h, key_mask & ~is_img))
         h = new

@@ -1,0 +1,342 @@
+"""The exit engine's view of transformers' Florence2ForConditionalGeneration (DaViT + BART).
+
+Every call goes through the model's own modules (embeddings, `BartEncoderLayer`, `BartDecoderLayer`, the
+masking utilities, `EncoderDecoderCache`), so with nothing exiting the result is what `generate()` gives.
+Florence-2's prompt is `<image>` placeholders followed by `<s> text </s>`: the image stream is that prefix
+and the text stream the rest, which is exactly the engine's [image; text] order in `freeze` mode.
+BART is post-norm and its encoder has no final norm: an exited state goes straight to the LM head.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+from mue_bench.data.loaders import Sample
+from mue_bench.decoding import DecodingConfig
+from mue_bench.errors import MueBenchError
+from mue_bench.models.hf_cache import HFKVCache
+from mue_bench.mue.adapter import Streams
+from mue_bench.mue.cache import KV
+from mue_bench.mue.cost import LayerDims
+
+CAPTION_PROMPT = "<CAPTION>"
+
+
+@dataclass
+class Florence2Batch:
+    input_ids: torch.Tensor  # [B, S]: image placeholders, then the tokenised prompt, right-padded
+    attention_mask: torch.Tensor  # [B, S]
+    pixel_values: torch.Tensor  # [B, 3, H, W]
+
+    def to(self, device: torch.device) -> Florence2Batch:
+        return Florence2Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                              self.pixel_values.to(device))
+
+
+def _heads_view(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[R, N, D] -> [R, H, N, Dh], the layout of transformers' caches."""
+    return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
+
+
+class Florence2Adapter:
+    family = "florence2"
+    native_encoder_mode = "freeze"  # the pretrained encoder is joint
+
+    def __init__(self, model, processor=None):
+        self.model, self.processor = model.eval(), processor
+        lm = model.model.language_model
+        self.encoder, self.decoder, self.text_config = lm.encoder, lm.decoder, lm.config
+        cfg = self.text_config
+        self.n_enc_layers, self.n_dec_layers = cfg.encoder_layers, cfg.decoder_layers
+        self.image_token_id = model.config.image_token_id
+        gen = model.generation_config
+        start = gen.decoder_start_token_id
+        self.bos_id = start if start is not None else cfg.decoder_start_token_id
+        self.eos_id = gen.eos_token_id if isinstance(gen.eos_token_id, int) else cfg.eos_token_id
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else cfg.pad_token_id
+        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
+        self._head_dim = cfg.d_model // cfg.decoder_attention_heads
+        self._masks: dict[str, tuple[torch.Tensor, object]] = {}
+        self.image_size: int | None = None  # set for processor-less (random) models
+        self._n_img: int | None = None
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+             ) -> Florence2Adapter:
+        """A hub id or a local directory in transformers' format (e.g. florence-community/Florence-2-large),
+        or "random:<shape>" for random weights of a SHAPES entry."""
+        from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+        if str(checkpoint).startswith("random:"):
+            shape = str(checkpoint).removeprefix("random:")
+            if shape not in SHAPES:
+                raise MueBenchError(f"model.checkpoint {checkpoint!r}: unknown shape (use one of "
+                                    f"{', '.join('random:' + k for k in SHAPES)})")
+            return random_florence2(shape, attn_implementation=attn_implementation)
+        try:
+            model = Florence2ForConditionalGeneration.from_pretrained(
+                str(checkpoint), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+            processor = AutoProcessor.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load Florence-2 ({e})") from None
+        return cls(model, processor)
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def prepare(self, samples: list[Sample]) -> Florence2Batch:
+        from PIL import Image
+
+        images = []
+        for s in samples:
+            with Image.open(s.image) as im:
+                images.append(im.convert("RGB"))
+        prompts = [prompt(s) for s in samples]
+        if self.processor is None:
+            return self._prepare_without_processor(images, prompts)
+        enc = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        return Florence2Batch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
+
+    def _prepare_without_processor(self, images: list, prompts: list[str]) -> Florence2Batch:
+        """Random-weight models have no tokenizer to download: words map to ids by hash, images are resized
+        and normalised. Only for speed measurements; the text means nothing either way."""
+        import numpy as np
+
+        if self.image_size is None:
+            raise MueBenchError("this Florence-2 model has no processor; load it with Florence2Adapter.load")
+        size, text = self.image_size, self.text_config
+        pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0)
+                              .permute(2, 0, 1) for im in images])
+        pixels = (pixels - 0.5) / 0.25
+        ids = [[text.bos_token_id] + [3 + zlib.crc32(w.encode()) % (text.vocab_size - 4) for w in p.split()]
+               + [text.eos_token_id] for p in prompts]
+        n_img, width = self._n_image_tokens(pixels), max(map(len, ids))
+        input_ids = torch.full((len(ids), n_img + width), text.pad_token_id)
+        mask = torch.zeros_like(input_ids)
+        input_ids[:, :n_img] = self.image_token_id
+        for b, row in enumerate(ids):
+            input_ids[b, n_img: n_img + len(row)] = torch.tensor(row)
+            mask[b, : n_img + len(row)] = 1
+        return Florence2Batch(input_ids, mask, pixels)
+
+    def _n_image_tokens(self, pixels: torch.Tensor) -> int:
+        if self._n_img is None:
+            with torch.no_grad():
+                p = next(self.model.parameters())
+                feats = self.model.model.get_image_features(pixels[:1].to(p.device, p.dtype)).pooler_output
+            self._n_img = feats.shape[1]
+        return self._n_img
+
+    def text(self, ids: list[int]) -> str:
+        if self.processor is None:
+            return " ".join(f"t{i}" for i in ids if i != self.eos_id)
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0) -> DecodingConfig:
+        gen = self.model.generation_config
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
+                              beam_style="hf", length_penalty=gen.length_penalty if gen.length_penalty is not None
+                              else 1.0, early_stopping=bool(gen.early_stopping) if gen.early_stopping != "never"
+                              else "never")
+
+    def reference_generate(self, batch: Florence2Batch, decoding: DecodingConfig) -> list[list[int]]:
+        """The model's own `generate()` with the same decoding settings, without the start token and padding."""
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig(
+            decoder_start_token_id=self.bos_id, bos_token_id=self.model.generation_config.bos_token_id,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, do_sample=False, num_beams=decoding.num_beams,
+            max_new_tokens=decoding.max_len, no_repeat_ngram_size=decoding.no_repeat_ngram,
+            length_penalty=decoding.length_penalty, early_stopping=decoding.early_stopping,
+        )
+        out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  pixel_values=batch.pixel_values, generation_config=gen)
+        return [_strip(row[1:], self.eos_id) for row in out.tolist()]
+
+    # --- ExitAdapter: encoder -----------------------------------------------------------------------
+    def embed_streams(self, batch: Florence2Batch) -> Streams:
+        inner = self.model.model
+        embeds = inner.get_input_embeddings()(batch.input_ids)
+        features = inner.get_image_features(batch.pixel_values).pooler_output.to(embeds.device, embeds.dtype)
+        is_img = batch.input_ids == self.image_token_id
+        n_img = features.shape[1]
+        if not bool(is_img[:, :n_img].all()) or bool(is_img[:, n_img:].any()):
+            raise MueBenchError(f"Florence-2 inputs must start with exactly {n_img} image tokens "
+                                f"(id {self.image_token_id}); use the model's processor")
+        embeds = embeds.masked_scatter(is_img[..., None], features)
+        h = embeds + self.encoder.embed_positions(embeds[:, :, -1]).to(embeds.device)
+        h = self.encoder.layernorm_embedding(h)
+        return Streams(h[:, :n_img], h[:, n_img:], batch.attention_mask[:, n_img:].bool())
+
+    def _mask(self, name: str, key_mask: torch.Tensor, build):
+        """Masks depend only on the padding, which is fixed per batch: build each once."""
+        cached = self._masks.get(name)
+        if cached is None or cached[0] is not key_mask:
+            self._masks[name] = (key_mask, build())
+        return self._masks[name][1]
+
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
+                      ) -> torch.Tensor:
+        mask = self._mask(f"enc{tuple(h.shape)}", key_mask, lambda: create_bidirectional_mask(
+            config=self.text_config, inputs_embeds=h, attention_mask=key_mask))
+        module = self.encoder.layers[layer]
+        if queries is None:
+            return module(h, mask)
+        return _bart_encoder_layer_for(module, h, mask, queries)
+
+    def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    # --- ExitAdapter: decoder -----------------------------------------------------------------------
+    def decoder_cache(self, enc_out: torch.Tensor) -> HFKVCache:
+        self._enc_out = enc_out
+        head_dim = self._head_dim
+
+        def cross_kv(layer: int) -> KV:
+            attn = self.decoder.layers[layer].encoder_attn
+            return _heads_view(attn.k_proj(enc_out), head_dim), _heads_view(attn.v_proj(enc_out), head_dim)
+
+        return HFKVCache(self.text_config, cross_kv)
+
+    def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        embeds = self.decoder.embed_tokens(tokens[:, None])
+        positions = torch.arange(1, device=embeds.device) + step
+        h = embeds + self.decoder.embed_positions(tokens[:, None], step, position_ids=positions).to(embeds.device)
+        return self.decoder.layernorm_embedding(h)[:, 0]
+
+    def decoder_layer(self, layer: int, h: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor,
+                      ) -> torch.Tensor:
+        x = h[:, None]
+        if layer == 0:  # every layer holds `step` positions before layer 0 appends: the step's causal mask
+            past = cache.length(0)
+            self._self_mask = create_causal_mask(
+                config=self.text_config, inputs_embeds=x,
+                attention_mask=torch.ones(x.shape[0], past + 1, device=x.device, dtype=torch.long),
+                past_key_values=cache.hf.self_attention_cache)
+        cross_mask = self._mask(f"cross{x.shape[0]}", enc_mask, lambda: create_bidirectional_mask(
+            config=self.text_config, inputs_embeds=x, attention_mask=enc_mask,
+            encoder_hidden_states=self._enc_out))
+        out = self.decoder.layers[layer](x, self._self_mask, self._enc_out, encoder_attention_mask=cross_mask,
+                                         past_key_values=cache.hf, use_cache=True)
+        return out[:, 0]
+
+    def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
+        attn = self.decoder.layers[layer].self_attn
+        return _heads_view(attn.k_proj(h[:, None]), self._head_dim), _heads_view(attn.v_proj(h[:, None]),
+                                                                                  self._head_dim)
+
+    def logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(h).float().log_softmax(-1)
+
+
+def _bart_encoder_layer_for(layer, h: torch.Tensor, mask, queries: slice) -> torch.Tensor:
+    """`BartEncoderLayer.forward` (inference) for the positions `queries` only, keys/values from all of h.
+
+    The layer's attention takes separate key/value states (its cross-attention path), so the saturated
+    modality costs only its K/V projections. Must mirror transformers' layer; the adapter tests compare.
+    """
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        mask = mask[:, :, queries]
+    x = h[:, queries]
+    attn, _ = layer.self_attn(x, key_value_states=h, attention_mask=mask)
+    x = layer.self_attn_layer_norm(x + attn)
+    x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
+    if x.dtype == torch.float16 and not torch.isfinite(x).all():
+        limit = torch.finfo(x.dtype).max - 1000
+        x = torch.clamp(x, min=-limit, max=limit)
+    return x
+
+
+def prompt(sample: Sample) -> str:
+    """Florence-2's task tokens: captioning is `<CAPTION>`; entailment asks the hypothesis as a question."""
+    if sample.prompt:
+        return sample.prompt
+    if sample.task == "caption":
+        return CAPTION_PROMPT
+    return f"Does the image describe \" {sample.hypothesis} \"? Answer yes, no or maybe."
+
+
+def _strip(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+# --- randomly initialised models of the real class, built from config (no download) ----------------
+# "tiny" is for tests; "base" and "large" have the published checkpoints' shapes, for speed benchmarks in
+# fixed-exit mode (their random weights produce meaningless text).
+SHAPES = {
+    "tiny": dict(vision=dict(depths=[1, 1, 1, 1], embed_dim=[16, 32, 32, 32], num_heads=[1, 2, 2, 2],
+                             num_groups=[1, 2, 2, 2], window_size=2, projection_dim=32),
+                 text=dict(vocab_size=64, d_model=32, layers=4, heads=2, ffn=64), image_size=64, image_token_id=63),
+    "base": dict(vision=dict(depths=[1, 1, 9, 1], embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32],
+                             num_groups=[4, 8, 16, 32], window_size=12, projection_dim=768),
+                 text=dict(vocab_size=51289, d_model=768, layers=6, heads=12, ffn=3072), image_size=768,
+                 image_token_id=51289),
+    "large": dict(vision=dict(depths=[1, 1, 9, 1], embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64],
+                              num_groups=[8, 16, 32, 64], window_size=12, projection_dim=1024),
+                  text=dict(vocab_size=51289, d_model=1024, layers=12, heads=16, ffn=4096), image_size=768,
+                  image_token_id=51289),
+}
+
+
+def florence2_config(shape: str, attn_implementation: str = "sdpa"):
+    from transformers import BartConfig, Florence2Config
+    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
+
+    s = SHAPES[shape]
+    t = s["text"]
+    text = BartConfig(vocab_size=t["vocab_size"] + (1 if shape != "tiny" else 0), d_model=t["d_model"],
+                      encoder_layers=t["layers"], decoder_layers=t["layers"], encoder_attention_heads=t["heads"],
+                      decoder_attention_heads=t["heads"], encoder_ffn_dim=t["ffn"], decoder_ffn_dim=t["ffn"],
+                      max_position_embeddings=1024, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2, forced_eos_token_id=None)
+    vision = Florence2VisionConfig(drop_path_rate=0.0, **s["vision"])
+    cfg = Florence2Config(vision_config=vision, text_config=text, image_token_id=s["image_token_id"],
+                          tie_word_embeddings=shape != "tiny")
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def random_florence2(shape: str = "tiny", seed: int = 0, attn_implementation: str = "sdpa") -> Florence2Adapter:
+    """A randomly initialised Florence2ForConditionalGeneration. The tiny one gets large embeddings, small
+    layer weights and an untied, large head, so that generations vary by input and by step and EOS comes
+    at different steps (default initialisation just repeats one token)."""
+    from transformers import Florence2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(florence2_config(shape, attn_implementation))
+    if shape == "tiny":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lm_head" in name or "embed_tokens" in name or "shared" in name or "embed_positions" in name:
+                    p.normal_(0, 1.0)
+                elif p.dim() > 1:
+                    p.normal_(0, 0.1)
+                elif "norm" not in name:
+                    p.normal_(0, 0.1)
+            model.lm_head.weight[model.config.text_config.eos_token_id] *= 2.0
+    adapter = Florence2Adapter(model)
+    adapter.image_size = SHAPES[shape]["image_size"]
+    return adapter
+
+
+def random_inputs(adapter: Florence2Adapter, prompt_lengths: list[int], image_size: int, seed: int = 0,
+                  ) -> Florence2Batch:
+    """Right-padded prompts of the given lengths (BOS ... EOS) after the image placeholders, random pixels."""
+    g = torch.Generator().manual_seed(seed)
+    cfg, text = adapter.model.config, adapter.text_config
+    pixels = torch.randn(len(prompt_lengths), 3, image_size, image_size, generator=g)
+    with torch.no_grad():
+        n_img = adapter.model.model.get_image_features(pixels[:1]).pooler_output.shape[1]
+    width = n_img + max(prompt_lengths)
+    ids = torch.full((len(prompt_lengths), width), text.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(prompt_lengths):
+        ids[b, :n_img] = cfg.image_token_id
+        ids[b, n_img] = text.bos_token_id
+        ids[b, n_img + 1: n_img + n - 1] = torch.randint(3, min(text.vocab_size - 1, 60), (n - 2,), generator=g)
+        ids[b, n_img + n - 1] = text.eos_token_id
+        mask[b, : n_img + n] = 1
+    return Florence2Batch(ids, mask, pixels)

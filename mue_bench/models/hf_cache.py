@@ -1,0 +1,62 @@
+"""transformers' `EncoderDecoderCache` behind the engine's KVCache protocol (mue/cache.py).
+
+The model's own attention modules append to this cache when a layer runs, exactly as under `generate()`;
+the engine only touches it to fill the slots of layers a row skipped. Cross-attention K/V stay lazy, as in
+transformers: a layer's are projected the first time any token reaches it, so skipped layers cost nothing,
+except under `official`, whose whole-buffer copies need both buffers to exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from mue_bench.mue.cache import KV
+
+CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/V of the encoder output
+
+
+class HFKVCache:
+    def __init__(self, config, cross_kv: CrossProjector):
+        self.hf = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        self._cross_kv = cross_kv
+
+    @property
+    def _self(self):
+        return self.hf.self_attention_cache.layers
+
+    def past(self, layer: int) -> KV | None:
+        n = self.length(layer)
+        return None if n == 0 else (self._self[layer].keys, self._self[layer].values)
+
+    def slot(self, layer: int) -> KV:
+        entry = self._self[layer]
+        return entry.keys[:, :, -1:], entry.values[:, :, -1:]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.hf.self_attention_cache.update(k, v, layer)
+
+    def write_slot(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        entry, sel = self._self[layer], rows[:, None, None, None]
+        entry.keys[:, :, -1:] = torch.where(sel, k, entry.keys[:, :, -1:])
+        entry.values[:, :, -1:] = torch.where(sel, v, entry.values[:, :, -1:])
+
+    def _cross(self, layer: int):
+        if not self.hf.is_updated.get(layer):
+            self.hf.cross_attention_cache.update(*self._cross_kv(layer), layer)
+            self.hf.is_updated[layer] = True
+        return self.hf.cross_attention_cache.layers[layer]
+
+    def copy_layer(self, src: int, dst: int, rows: torch.Tensor) -> None:
+        sel = rows[:, None, None, None]
+        for s, d in ((self._self[src], self._self[dst]), (self._cross(src), self._cross(dst))):
+            d.keys = torch.where(sel, s.keys, d.keys)
+            d.values = torch.where(sel, s.values, d.values)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.hf.reorder_cache(index)
+
+    def length(self, layer: int) -> int:
+        return self.hf.self_attention_cache.get_seq_length(layer)
