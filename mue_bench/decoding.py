@@ -38,6 +38,9 @@ class DecodingConfig:
     beam_style: Literal["fairseq", "hf"] = "fairseq"
     length_penalty: float = 1.0  # hf only: finished score = sum log p / generated_length ** length_penalty
     early_stopping: bool | Literal["never"] = False  # hf only, as in transformers' GenerationConfig
+    # Never end early: every sample generates max_len tokens. For speed benchmarks on random weights, where
+    # output lengths would otherwise differ between grid points and distort every saving.
+    ignore_eos: bool = False
 
 
 def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: list[int]) -> None:
@@ -52,6 +55,12 @@ def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: li
         banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
         if banned:
             logprobs[r, banned] = float("-inf")
+
+
+def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int]) -> None:
+    _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, rows)
+    if cfg.ignore_eos:
+        logprobs[:, cfg.eos_id] = float("-inf")
 
 
 def generate(stepper: Stepper, batch_size: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
@@ -70,7 +79,7 @@ def _greedy(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device)
     for _ in range(cfg.max_len):
         logprobs = stepper.step(tokens, ~finished).float()
         alive_rows = (~finished).nonzero().flatten().tolist()
-        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, alive_rows)
+        _constrain(logprobs, seqs, cfg, alive_rows)
         tokens = torch.where(finished, cfg.pad_id, logprobs.argmax(-1))
         for r in alive_rows:
             seqs[r].append(int(tokens[r]))
@@ -97,7 +106,7 @@ def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -
         alive = torch.tensor([not done[r // k] for r in range(rows)], device=device)
         logprobs = stepper.step(tokens, alive).float()
         alive_rows = [r for r in range(rows) if not done[r // k]]
-        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, alive_rows)
+        _constrain(logprobs, seqs, cfg, alive_rows)
         vocab = logprobs.shape[-1]
         cand = (scores.reshape(rows, 1) + logprobs).reshape(n, k * vocab)
         top_scores, top_idx = cand.topk(2 * k, dim=-1)
@@ -172,7 +181,7 @@ def _beam_hf(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device
     for t in range(cfg.max_len):
         sample_alive = open_ & ~(fin_flags.all(-1) & (cfg.early_stopping is True))
         logprobs = stepper.step(tokens, sample_alive.repeat_interleave(k)).float()
-        _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, list(range(rows)))
+        _constrain(logprobs, seqs, cfg, list(range(rows)))
         vocab = logprobs.shape[-1]
         cand = (logprobs.view(n, k, vocab) + run_scores[:, :, None]).reshape(n, k * vocab)
         top_lp, top_idx = cand.topk(2 * k)

@@ -64,6 +64,7 @@ class DecodingSpec(_Strict):
     num_beams: int = Field(default=1, ge=1, le=16)
     max_len: int = Field(default=16, ge=1, le=256)
     no_repeat_ngram: int = Field(default=0, ge=0)
+    ignore_eos: bool = False  # always generate max_len tokens (speed benchmarks on random weights)
 
 
 class Range(_Strict):

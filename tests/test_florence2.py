@@ -172,3 +172,20 @@ def test_split_mode_on_a_joint_encoder_warns(tmp_path, shapes_root):
     run_sweep(load_spec(_florence_spec(tmp_path, shapes_root, "split")), SweepOptions(meteor=False),
               Progress(warn=warnings.append))
     assert len(warnings) == 1 and "joint" in warnings[0]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_ignore_eos_generates_max_len_tokens_like_min_new_tokens(adapter, batch, beams):
+    decoding = adapter.decoding(num_beams=beams, max_len=9, ignore_eos=True)
+    ours = [s.tokens for s in run_batch(adapter, batch, ExitConfig(encoder_mode="freeze"), decoding).samples]
+    assert [len(t) for t in ours] == [9] * len(LENGTHS)
+    assert ours == adapter.reference_generate(batch, decoding)
+
+
+def test_flops_include_the_vision_tower_that_no_exit_skips(adapter, batch):
+    full = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze"), adapter.decoding(max_len=4)).samples
+    vision = adapter.input_flops(batch)
+    assert vision > 0 and all(s.flops > vision for s in full)
+    early = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze", fixed_exit=(1, 1, 1)),
+                      adapter.decoding(max_len=4, ignore_eos=True)).samples
+    assert all(vision < s.flops < f.flops for s, f in zip(early, full))

@@ -64,6 +64,7 @@ class Florence2Adapter:
         self._masks: dict[str, tuple[torch.Tensor, object]] = {}
         self.image_size: int | None = None  # set for processor-less (random) models
         self._n_img: int | None = None
+        self._input_flops: dict[tuple, float] = {}
 
     @classmethod
     def load(cls, checkpoint: str | Path, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
@@ -135,12 +136,13 @@ class Florence2Adapter:
             return " ".join(f"t{i}" for i in ids if i != self.eos_id)
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0) -> DecodingConfig:
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
+                 ) -> DecodingConfig:
         gen = self.model.generation_config
+        early = gen.early_stopping if gen.early_stopping == "never" else bool(gen.early_stopping)
         return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
-                              beam_style="hf", length_penalty=gen.length_penalty if gen.length_penalty is not None
-                              else 1.0, early_stopping=bool(gen.early_stopping) if gen.early_stopping != "never"
-                              else "never")
+                              ignore_eos=ignore_eos, beam_style="hf", early_stopping=early,
+                              length_penalty=1.0 if gen.length_penalty is None else gen.length_penalty)
 
     def reference_generate(self, batch: Florence2Batch, decoding: DecodingConfig) -> list[list[int]]:
         """The model's own `generate()` with the same decoding settings, without the start token and padding."""
@@ -151,10 +153,24 @@ class Florence2Adapter:
             eos_token_id=self.eos_id, pad_token_id=self.pad_id, do_sample=False, num_beams=decoding.num_beams,
             max_new_tokens=decoding.max_len, no_repeat_ngram_size=decoding.no_repeat_ngram,
             length_penalty=decoding.length_penalty, early_stopping=decoding.early_stopping,
+            min_new_tokens=decoding.max_len if decoding.ignore_eos else None,
         )
         out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                   pixel_values=batch.pixel_values, generation_config=gen)
         return [_strip(row[1:], self.eos_id) for row in out.tolist()]
+
+    def input_flops(self, batch: Florence2Batch) -> float:
+        """FLOPs per sample of the vision tower and projector, which run in full at every grid point.
+        Counted once per image shape with torch's FlopCounterMode (outside any timed region)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        shape = tuple(batch.pixel_values.shape[1:])
+        if shape not in self._input_flops:
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                self.model.model.get_image_features(batch.pixel_values[:1])
+            self._input_flops[shape] = float(counter.get_total_flops())
+        return self._input_flops[shape]
 
     # --- ExitAdapter: encoder -----------------------------------------------------------------------
     def embed_streams(self, batch: Florence2Batch) -> Streams:

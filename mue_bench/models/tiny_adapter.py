@@ -44,8 +44,10 @@ class TinyAdapter:
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0) -> DecodingConfig:
-        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram)
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
+                 ) -> DecodingConfig:
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
+                              ignore_eos=ignore_eos)
 
     def reference_generate(self, batch: TinyBatch, decoding: DecodingConfig) -> list[list[int]]:
         """The model's own generation, untouched by the engine."""

@@ -44,6 +44,7 @@ class BatchResult:
 class RawBatch:
     """What the model work produced, before any host-side bookkeeping."""
 
+    batch: Any
     streams: Streams
     encoder: EncoderResult
     stepper: MuEStepper
@@ -57,7 +58,7 @@ def run_model(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: Decod
     enc = run_encoder(adapter, streams, cfg)
     stepper = MuEStepper(adapter, enc.out, enc.mask, cfg, decoding.num_beams, decoding.max_len)
     tokens = generate(stepper, streams.image.shape[0], decoding, streams.image.device)
-    return RawBatch(streams, enc, stepper, tokens)
+    return RawBatch(batch, streams, enc, stepper, tokens)
 
 
 def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult:
@@ -68,10 +69,14 @@ def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult
     n_img = streams.image.shape[1]
     n_txt = streams.text_mask.sum(1).tolist()
     img_layers, txt_layers = enc.img_layers.tolist(), enc.txt_layers.tolist()
+    # Work no exit can skip (e.g. Florence-2's vision tower) counts in every point's FLOPs, so that
+    # flop_savings promises only what skipping layers can deliver.
+    input_flops = getattr(adapter, "input_flops", None)
+    fixed = input_flops(raw.batch) if input_flops else 0.0
     out = []
     for b in range(len(raw.tokens)):
         steps = [u for u in layers[b] if u > 0]
-        flops = encoder_flops(adapter.dims, cfg.encoder_mode, n_img, int(n_txt[b]), img_layers[b],
+        flops = fixed + encoder_flops(adapter.dims, cfg.encoder_mode, n_img, int(n_txt[b]), img_layers[b],
                               txt_layers[b], adapter.n_enc_layers)
         flops += decoder_flops(adapter.dims, steps, n_img + int(n_txt[b]), adapter.n_dec_layers, cfg.kv_fill)
         out.append(SampleExits(
