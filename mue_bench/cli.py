@@ -207,11 +207,14 @@ def train(
     init: Annotated[Path | None, typer.Option(help="For a config with continue_from: start from this checkpoint "
                                                    "(which that config produced) instead of retraining it.")] = None,
 ) -> None:
-    """Train the built-in model with the MuE layer-wise loss (reproduces the shipped checkpoint)."""
+    """Train with the MuE layer-wise loss: the built-in model (reproduces the shipped checkpoint), or, for a
+    config with a [model] table, fine-tune a transformers model (Florence-2) on a dataset."""
     from mue_bench.train import TrainConfig
     from mue_bench.train import train as run_training
 
     try:
+        if _is_finetune_config(config):
+            return _finetune(config, out, steps)
         cfg = TrainConfig.from_file(config)
         if steps:
             cfg = cfg.model_copy(update={"steps": steps})
@@ -220,6 +223,25 @@ def train(
         summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False), init=init)
     except MueBenchError as e:
         raise _fail(e) from None
+    console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
+
+
+def _is_finetune_config(path: Path) -> bool:
+    import json
+
+    try:
+        return "model" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False  # TrainConfig.from_file reports the problem
+
+
+def _finetune(config: Path, out: Path, steps: int | None) -> None:
+    from mue_bench.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig.from_file(config)
+    if steps:
+        cfg = cfg.model_copy(update={"steps": steps})
+    summary = finetune(cfg, out, log=lambda line: console.print(line, highlight=False))
     console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
 
 

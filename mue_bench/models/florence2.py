@@ -9,6 +9,7 @@ BART is post-norm and its encoder has no final norm: an exited state goes straig
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,19 @@ class Florence2Adapter:
                 raise MueBenchError(f"model.checkpoint {checkpoint!r}: unknown shape (use one of "
                                     f"{', '.join('random:' + k for k in SHAPES)})")
             return random_florence2(shape, attn_implementation=attn_implementation)
+        local_inputs = Path(checkpoint) / "mue_bench.json"  # a saved processor-less (random) model
         try:
             model = Florence2ForConditionalGeneration.from_pretrained(
                 str(checkpoint), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
-            processor = AutoProcessor.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)
+            processor = None if local_inputs.is_file() else AutoProcessor.from_pretrained(
+                str(checkpoint), trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load Florence-2 ({e})") from None
-        return cls(model, processor)
+            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load Florence-2 "
+                                f"({str(e).splitlines()[0]})") from None
+        adapter = cls(model, processor)
+        if local_inputs.is_file():
+            adapter.image_size = int(json.loads(local_inputs.read_text())["image_size"])
+        return adapter
 
     # --- inputs -----------------------------------------------------------------------------------
     def prepare(self, samples: list[Sample]) -> Florence2Batch:
@@ -171,6 +178,29 @@ class Florence2Adapter:
                 self.model.model.get_image_features(batch.pixel_values[:1])
             self._input_flops[shape] = float(counter.get_total_flops())
         return self._input_flops[shape]
+
+    # --- training and saving (finetune.py) ------------------------------------------------------------
+    @property
+    def bos_id_text(self) -> int:
+        return self.text_config.bos_token_id
+
+    def decoder_states(self, batch: Florence2Batch, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder layer's output [B, T, D] under teacher forcing (the model's own forward)."""
+        from transformers.models.florence2.modeling_florence2 import shift_tokens_right
+
+        dec_in = shift_tokens_right(labels, self.pad_id, self.bos_id)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         pixel_values=batch.pixel_values, decoder_input_ids=dec_in, output_hidden_states=True,
+                         use_cache=False)
+        return list(out.decoder_hidden_states[1:])
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        if self.processor is not None:
+            self.processor.save_pretrained(out)
+        else:  # processor-less random model: remember how to build its inputs
+            (out / "mue_bench.json").write_text(json.dumps({"image_size": self.image_size}))
 
     # --- ExitAdapter: encoder -----------------------------------------------------------------------
     def embed_streams(self, batch: Florence2Batch) -> Streams:
