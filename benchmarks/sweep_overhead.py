@@ -15,6 +15,17 @@ from pathlib import Path
 
 from mue_bench import runner
 from mue_bench.spec import load_spec
+from mue_bench.store import SweepStore
+
+# Each part of a sweep and the function that does it.
+PARTS = {
+    "model work (warm-up included)": (runner, "run_model"),
+    "loading model, data, inputs": (runner, "prepare_inputs"),
+    "per-sample bookkeeping (collect)": (runner, "collect"),
+    "scoring (pycocoevalcap)": (runner, "score"),
+    "writing point parts": (SweepStore, "save_point"),
+    "writing final parquet": (SweepStore, "finish"),
+}
 
 
 def main() -> None:
@@ -28,22 +39,27 @@ def main() -> None:
         spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
         if args.limit:
             spec = spec.model_copy(update={"data": spec.data.model_copy(update={"limit": args.limit})})
-        model_time = 0.0
-        inner = runner.run_model
+        spent = {name: 0.0 for name in PARTS}
+        originals = {}
+        for name, (owner, attr) in PARTS.items():  # wrap each part to add up its time
+            originals[name] = getattr(owner, attr)
 
-        def timed_run_model(*a, **kw):
-            nonlocal model_time
-            t0 = time.perf_counter()
-            try:
-                return inner(*a, **kw)
-            finally:
-                model_time += time.perf_counter() - t0
+            def wrapped(*a, _fn=originals[name], _name=name, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **kw)
+                finally:
+                    spent[_name] += time.perf_counter() - t0
 
-        runner.run_model = timed_run_model
+            setattr(owner, attr, wrapped)
         t0 = time.perf_counter()
-        outcome = runner.run_sweep(spec, runner.SweepOptions(fresh=True))
+        try:
+            outcome = runner.run_sweep(spec, runner.SweepOptions(fresh=True))
+        finally:
+            for name, (owner, attr) in PARTS.items():
+                setattr(owner, attr, originals[name])
         total = time.perf_counter() - t0
-        runner.run_model = inner
+        model_time = spent["model work (warm-up included)"]
 
     points = outcome.points
     print(f"spec {args.spec}: {len(points)} points x {int(points['n'].max())} samples, "
@@ -52,6 +68,11 @@ def main() -> None:
     print(f"{'model work (warm-up included)':<34}{model_time:9.1f} s")
     print(f"{'  of which timed points':<34}{points['wall_s'].sum():9.1f} s")
     print(f"{'outside model work':<34}{total - model_time:9.1f} s  ({100 * (total - model_time) / total:.1f}%)")
+    for name, secs in spent.items():
+        if name != "model work (warm-up included)":
+            print(f"{'  ' + name:<34}{secs:9.1f} s  ({100 * secs / total:.1f}%)")
+    other = total - sum(spent.values())
+    print(f"{'  other (bookkeeping, progress)':<34}{other:9.1f} s  ({100 * other / total:.1f}%)")
 
 
 if __name__ == "__main__":

@@ -189,3 +189,19 @@ def test_flops_include_the_vision_tower_that_no_exit_skips(adapter, batch):
     early = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze", fixed_exit=(1, 1, 1)),
                       adapter.decoding(max_len=4, ignore_eos=True)).samples
     assert all(vision < s.flops < f.flops for s, f in zip(early, full))
+
+
+@pytest.mark.parametrize("fixed", [None, (2, 3, 1)])
+def test_analytic_flops_agree_with_torch_flop_counter(adapter, batch, fixed):
+    """The cost model behind flop_savings, checked against what torch counts the engine actually doing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = ExitConfig(encoder_mode="freeze", fixed_exit=fixed)
+    one = _row(batch, 0)
+    decoding = adapter.decoding(max_len=6, ignore_eos=True)
+    adapter.input_flops(one)  # counted once per image shape, outside the region below
+    counter = FlopCounterMode(display=False)
+    with counter:
+        [sample] = run_batch(adapter, one, cfg, decoding).samples
+    measured = counter.get_total_flops() - 2 * adapter.model.lm_head.weight.numel() * len(sample.tokens)
+    assert sample.flops == pytest.approx(measured, rel=0.05)

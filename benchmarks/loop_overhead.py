@@ -1,0 +1,79 @@
+"""The exit engine with exits disabled vs the model's own generate(), per generated token.
+
+Target (issue 6): within 5% of `generate()` per token. Both produce the same tokens (tested elsewhere);
+the cost per token is the slope between a short and a long generation (ignore_eos / min_new_tokens fix
+the lengths), so the encoder and the vision tower, identical in both, cancel out. The engine runs every
+step through its exit bookkeeping (similarity per layer, fill of skipped slots), which is its overhead
+over transformers' loop. Medians over repeats, alternating the two so drift hits both.
+
+    .venv/bin/python benchmarks/loop_overhead.py [--models florence2-tiny,florence2-base] [--batch 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from statistics import median
+
+import torch
+
+from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.mue.config import ExitConfig
+from mue_bench.mue.engine import run_model
+
+
+def _time(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: int, device: torch.device):
+    shape = model_name.removeprefix("florence2-")
+    adapter = random_florence2(shape)
+    adapter.model.to(device)
+    batch = random_inputs(adapter, [8] * batch_size, SHAPES[shape]["image_size"]).to(device)
+    cfg = ExitConfig(encoder_mode="freeze")
+    runs = {}
+    for n in (short, long):
+        dec = adapter.decoding(max_len=n, ignore_eos=True)
+        runs[("engine", n)] = lambda d=dec: run_model(adapter, batch, cfg, d)
+        runs[("generate", n)] = lambda d=dec: adapter.reference_generate(batch, d)
+    times: dict = {k: [] for k in runs}
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for key, fn in runs.items():
+                times[key].append(_time(fn, device))
+    slope = {who: (median(times[(who, long)]) - median(times[(who, short)])) / (long - short)
+             for who in ("engine", "generate")}
+    return slope
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="florence2-tiny,florence2-base")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--short", type=int, default=4)
+    parser.add_argument("--long", type=int, default=36)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}, batch {args.batch}, per-token time = slope between {args.short} and {args.long} tokens, "
+          f"median of {args.repeats}")
+    print(f"{'model':<18}{'generate() ms/token':>22}{'engine ms/token':>18}{'engine / generate':>20}")
+    for model_name in args.models.split(","):
+        slope = per_token(model_name, args.batch, args.short, args.long, args.repeats, device)
+        print(f"{model_name:<18}{1e3 * slope['generate']:>22.3f}{1e3 * slope['engine']:>18.3f}"
+              f"{slope['engine'] / slope['generate']:>20.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Do saved layers show up on the clock? Fixed-exit speedup over the full model vs the ideal FLOP speedup.
+
+Target (issue 6): realization >= 0.9 at batch 1 (GPU and CPU) and >= 0.7 at batch 32 on GPU, for the
+Florence-2-large-shaped model. Every stream and token exits after k of L layers (fixed-exit mode, so
+random weights suffice). realization = measured speedup / ideal speedup, where ideal = full FLOPs /
+exit FLOPs from the engine's analytic count (vision tower included: no exit skips it).
+
+Side by side, in the same run, a reference loop written the way the authors' code decides exits: one
+cosine similarity over the whole flattened batch per layer and a Python `if` on that device tensor
+(a host sync per layer per token), copy-filling the skipped layers' slots.
+
+    .venv/bin/python benchmarks/realization.py [--models mue-tiny,florence2-large] [--batches 1,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+import torch.nn.functional as F
+
+from mue_bench.data.loaders import load_karpathy
+from mue_bench.data.shapes import ensure
+from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.models.tiny_adapter import TinyAdapter
+from mue_bench.mue.config import ExitConfig
+from mue_bench.mue.engine import collect, run_model
+
+
+def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:
+    """Greedy decoding with whole-batch exit decisions and a host sync per layer (the reference loop)."""
+    streams = adapter.embed_streams(batch)
+    h = torch.cat([streams.image, streams.text], 1)
+    mask = torch.cat([streams.image_mask, streams.text_mask], 1)
+    for layer in range(adapter.n_enc_layers):
+        new = adapter.encoder_layer(layer, h, mask)
+        sim = F.cosine_similarity(new.flatten(), h.flatten(), dim=0)
+        h = new
+        if (k is not None and layer + 1 >= k) or sim > 2.0:  # `sim > τ` on a device tensor: a host sync
+            break
+    enc = adapter.encoder_norm(h)
+    cache = adapter.decoder_cache(enc)
+    tokens = torch.full((h.shape[0],), adapter.bos_id, dtype=torch.long, device=h.device)
+    out = []
+    for step in range(max_len):
+        x = adapter.decoder_embed(tokens, step)
+        used = adapter.n_dec_layers
+        for layer in range(adapter.n_dec_layers):
+            new = adapter.decoder_layer(layer, x, cache, mask)
+            sim = F.cosine_similarity(new.flatten(), x.flatten(), dim=0)
+            x = new
+            if (k is not None and layer + 1 >= k) or sim > 2.0:
+                used = layer + 1
+                break
+        for layer in range(used, adapter.n_dec_layers):  # copy-fill the skipped layers' slots
+            cache.append(layer, *cache.slot(used - 1))
+        logprobs = adapter.logprobs(x)
+        logprobs[:, eos_id] = float("-inf")
+        tokens = logprobs.argmax(-1)
+        out.append(tokens)
+    return torch.stack(out, 1).tolist()
+
+
+def _load(name: str, batch_size: int, device: torch.device):
+    if name == "mue-tiny":
+        adapter = TinyAdapter.load("mue-tiny")
+        root = ensure(Path("data/shapes"), 0)
+        samples = (load_karpathy(root / "dataset_coco.json", root, "test") * batch_size)[:batch_size]
+        batch = adapter.prepare(samples)
+    else:
+        shape = name.removeprefix("florence2-")
+        adapter = random_florence2(shape)
+        batch = random_inputs(adapter, [8] * batch_size, SHAPES[shape]["image_size"])
+    adapter.model.to(device)
+    return adapter, batch.to(device)
+
+
+def _median_time(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+@torch.no_grad()
+def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> dict:
+    adapter, batch = _load(name, batch_size, device)
+    k = adapter.n_enc_layers // 2
+    full_cfg = ExitConfig(encoder_mode="freeze")
+    exit_cfg = ExitConfig(encoder_mode="freeze", fixed_exit=(k, k, adapter.n_dec_layers // 2))
+    dec = adapter.decoding(max_len=max_len, ignore_eos=True)
+    flops = {}
+    for key, cfg in (("full", full_cfg), ("exit", exit_cfg)):
+        flops[key] = sum(s.flops for s in collect(adapter, run_model(adapter, batch, cfg, dec), cfg).samples)
+    runs = {
+        ("engine", "full"): lambda: run_model(adapter, batch, full_cfg, dec),
+        ("engine", "exit"): lambda: run_model(adapter, batch, exit_cfg, dec),
+        ("authors", "full"): lambda: authors_style(adapter, batch, None, max_len, adapter.eos_id),
+        ("authors", "exit"): lambda: authors_style(adapter, batch, k, max_len, adapter.eos_id),
+    }
+    for fn in runs.values():  # warm-up for every shape
+        fn()
+    times: dict = {key: [] for key in runs}
+    for _ in range(repeats):  # interleaved, so drift hits every variant alike
+        for key, fn in runs.items():
+            times[key].append(_median_time(fn, device, 1))
+    t = {key: median(v) for key, v in times.items()}
+    ideal = flops["full"] / flops["exit"]
+    row = {"model": name, "batch": batch_size, "k": f"{k}/{adapter.n_enc_layers}", "ideal": ideal}
+    for who in ("engine", "authors"):
+        speedup = t[(who, "full")] / t[(who, "exit")]
+        row[f"{who}_full_s"], row[f"{who}_speedup"], row[f"{who}_realization"] = \
+            t[(who, "full")], speedup, speedup / ideal
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mue-tiny,florence2-large")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--max-len", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}; fixed exit after half the layers (encoder streams and every decoder token); "
+          f"{args.max_len} tokens; median of {args.repeats}")
+    print(f"{'model':<17}{'batch':>6}{'k/L':>7}{'ideal x':>9}{'engine x':>10}{'realiz.':>9}{'full s':>9}"
+          f"{'authors x':>11}{'realiz.':>9}{'full s':>9}")
+    for model in args.models.split(","):
+        for b in (int(x) for x in args.batches.split(",")):
+            r = measure(model, b, args.max_len, args.repeats, device)
+            print(f"{r['model']:<17}{r['batch']:>6}{r['k']:>7}{r['ideal']:>9.2f}{r['engine_speedup']:>10.2f}"
+                  f"{r['engine_realization']:>9.2f}{r['engine_full_s']:>9.3f}{r['authors_speedup']:>11.2f}"
+                  f"{r['authors_realization']:>9.2f}{r['authors_full_s']:>9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
