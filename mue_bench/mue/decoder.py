@@ -64,12 +64,14 @@ class MuEStepper:
         self.step_index += 1
         return adapter.logprobs(h)
 
-    def _fill_kv(self, layer: int, used: torch.Tensor, h: torch.Tensor) -> KV:
+    def _fill_kv(self, layer: int, used: torch.Tensor, exits: list[int], h: torch.Tensor) -> KV:
         """What a row that skipped `layer` gets as this step's K/V there."""
         if self.cfg.kv_fill == "propagate":
             return self.adapter.propagate_kv(layer, h)
+        if len(exits) == 1 and 1 <= exits[0] <= layer:  # one exit layer for all rows (always at batch 1)
+            return self.cache.slot(exits[0] - 1)
         k, v = (torch.zeros_like(t) for t in self.cache.slot(0))
-        for exit_layer in used.unique().tolist():
+        for exit_layer in exits:
             if 1 <= exit_layer <= layer:
                 rows = (used == exit_layer)[:, None, None, None]
                 sk, sv = self.cache.slot(exit_layer - 1)
@@ -78,14 +80,16 @@ class MuEStepper:
 
     def _fill(self, used: torch.Tensor, h: torch.Tensor, ran: int) -> None:
         n_layers = self.adapter.n_dec_layers
-        for layer in range(n_layers):
-            skipped = used <= layer
+        exits = used.unique().tolist()  # one host sync per step, not one per layer
+        deepest_skip = min(min((e for e in exits if e > 0), default=n_layers), ran)
+        for layer in range(deepest_skip, n_layers):  # rows that used all layers up to here skipped nothing
             if layer >= ran:  # nobody ran it: every row needs a slot
-                self.cache.append(layer, *self._fill_kv(layer, used, h))
-            elif self.cfg.kv_fill != "propagate" and bool(skipped.any()):
-                self.cache.write_slot(layer, skipped, *self._fill_kv(layer, used, h))
+                self.cache.append(layer, *self._fill_kv(layer, used, exits, h))
+            elif self.cfg.kv_fill != "propagate":
+                skipped = used <= layer
+                self.cache.write_slot(layer, skipped, *self._fill_kv(layer, used, exits, h))
         if self.cfg.kv_fill == "official":
-            for exit_layer in used.unique().tolist():
+            for exit_layer in exits:
                 if 1 <= exit_layer < n_layers:
                     rows = used == exit_layer
                     for layer in range(exit_layer, n_layers):
