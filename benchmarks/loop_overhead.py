@@ -12,24 +12,15 @@ over transformers' loop. Medians over repeats, alternating the two so drift hits
 from __future__ import annotations
 
 import argparse
-import time
 from statistics import median
 
 import torch
 
 from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.models.registry import device_name
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_model
-
-
-def _time(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+from mue_bench.timing import timed
 
 
 def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: int, device: torch.device):
@@ -49,7 +40,7 @@ def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: 
             fn()
         for _ in range(repeats):
             for key, fn in runs.items():
-                times[key].append(_time(fn, device))
+                times[key].append(timed(fn, device)[1])
     slope = {who: (median(times[(who, long)]) - median(times[(who, short)])) / (long - short)
              for who in ("engine", "generate")}
     return slope
@@ -65,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"device {name}, batch {args.batch}, per-token time = slope between {args.short} and {args.long} tokens, "
           f"median of {args.repeats}")
     print(f"{'model':<18}{'generate() ms/token':>22}{'engine ms/token':>18}{'engine / generate':>20}")

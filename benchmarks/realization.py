@@ -15,7 +15,6 @@ cosine similarity over the whole flattened batch per layer and a Python `if` on 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from statistics import median
 
@@ -25,9 +24,11 @@ import torch.nn.functional as F
 from mue_bench.data.loaders import load_karpathy
 from mue_bench.data.shapes import ensure
 from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.models.registry import device_name
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
+from mue_bench.timing import timed
 
 
 def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:
@@ -78,19 +79,6 @@ def _load(name: str, batch_size: int, device: torch.device):
     return adapter, batch.to(device)
 
 
-def _median_time(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return median(times)
-
-
 @torch.no_grad()
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> dict:
     adapter, batch = _load(name, batch_size, device)
@@ -112,7 +100,7 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
     times: dict = {key: [] for key in runs}
     for _ in range(repeats):  # interleaved, so drift hits every variant alike
         for key, fn in runs.items():
-            times[key].append(_median_time(fn, device, 1))
+            times[key].append(timed(fn, device)[1])
     t = {key: median(v) for key, v in times.items()}
     ideal = flops["full"] / flops["exit"]
     row = {"model": name, "batch": batch_size, "k": f"{k}/{adapter.n_enc_layers}", "ideal": ideal}
@@ -132,7 +120,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"device {name}; fixed exit after half the layers (encoder streams and every decoder token); "
           f"{args.max_len} tokens; median of {args.repeats}")
     print(f"{'model':<17}{'batch':>6}{'k/L':>7}{'ideal x':>9}{'engine x':>10}{'realiz.':>9}{'full s':>9}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import zlib
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,9 +66,7 @@ def _tokenize_targets(adapter, texts: list[str], max_len: int) -> torch.Tensor:
     tokenizer = getattr(adapter.processor, "tokenizer", None)
     if tokenizer is not None:
         return tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
-    vocab = adapter.text_config.vocab_size  # processor-less random model: the same hash ids prepare() uses
-    rows = [[adapter.bos_id_text] + [3 + zlib.crc32(w.encode()) % (vocab - 4) for w in t.split()][: max_len - 2]
-            + [adapter.eos_id] for t in texts]
+    rows = [adapter.hash_token_ids(t, max_len) for t in texts]  # processor-less random model
     out = torch.full((len(rows), max(map(len, rows))), adapter.pad_id)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r)

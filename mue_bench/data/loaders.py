@@ -8,6 +8,7 @@ family's business and are added by its adapter. Problems name the file and the r
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,55 +58,51 @@ def load_karpathy(annotations: Path, image_root: Path, split: str) -> list[Sampl
     return samples
 
 
-def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg") -> list[Sample]:
-    """SNLI-VE's JSONL release: Flickr30K_ID, sentence2 (hypothesis), gold_label, pairID."""
+def _jsonl_rows(jsonl: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line; a bad line is named by file and line."""
     if not jsonl.is_file():
         raise SpecError(f"dataset file not found: {jsonl}")
-    samples = []
     with open(jsonl) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                label = LABEL_WORDS[row["gold_label"]]
-                sample = Sample(str(row.get("pairID", lineno)),
-                                image_root / image_pattern.format(id=row["Flickr30K_ID"]),
-                                "entailment", hypothesis=row["sentence2"].strip(), label=label)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise SpecError(f"{jsonl}:{lineno}: not valid JSON ({e.msg})") from None
-            except KeyError as e:
-                raise SpecError(f"{jsonl}:{lineno}: missing or unknown value {e}") from None
-            samples.append(sample)
+
+
+def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg") -> list[Sample]:
+    """SNLI-VE's JSONL release: Flickr30K_ID, sentence2 (hypothesis), gold_label, pairID."""
+    samples = []
+    for lineno, row in _jsonl_rows(jsonl):
+        try:
+            samples.append(Sample(str(row.get("pairID", lineno)),
+                                  image_root / image_pattern.format(id=row["Flickr30K_ID"]),
+                                  "entailment", hypothesis=row["sentence2"].strip(),
+                                  label=LABEL_WORDS[row["gold_label"]]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SpecError(f"{jsonl}:{lineno}: missing or unknown value {e}") from None
     return samples
 
 
 def load_jsonl(jsonl: Path, image_root: Path, task: str) -> list[Sample]:
     """Generic JSONL: {"image": path (relative to image_root), "prompt": optional text, and "references":
     [captions] for captioning or "label": the word to generate for classification; "id" optional}."""
-    if not jsonl.is_file():
-        raise SpecError(f"dataset file not found: {jsonl}")
     want = "references" if task == "caption" else "label"
     samples = []
-    with open(jsonl) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SpecError(f"{jsonl}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "image" not in row or want not in row:
-                raise SpecError(f"{jsonl}:{lineno}: needs 'image' and '{want}' (task {task!r})")
-            refs, label = row.get("references", []), row.get("label", "")
-            if task == "caption" and (not isinstance(refs, list) or not refs
-                                      or not all(isinstance(r, str) for r in refs)):
-                raise SpecError(f"{jsonl}:{lineno}: 'references' must be a non-empty list of strings")
-            if task != "caption" and (not isinstance(label, str) or not label.strip()):
-                raise SpecError(f"{jsonl}:{lineno}: 'label' must be a non-empty string")
-            samples.append(Sample(str(row.get("id", lineno)), image_root / str(row["image"]), task,
-                                  references=tuple(r.strip() for r in refs), label=str(label).strip(),
-                                  hypothesis=str(row.get("hypothesis", "")), prompt=str(row.get("prompt", ""))))
+    for lineno, row in _jsonl_rows(jsonl):
+        if not isinstance(row, dict) or "image" not in row or want not in row:
+            raise SpecError(f"{jsonl}:{lineno}: needs 'image' and '{want}' (task {task!r})")
+        refs, label = row.get("references", []), row.get("label", "")
+        if task == "caption" and (not isinstance(refs, list) or not refs
+                                  or not all(isinstance(r, str) for r in refs)):
+            raise SpecError(f"{jsonl}:{lineno}: 'references' must be a non-empty list of strings")
+        if task != "caption" and (not isinstance(label, str) or not label.strip()):
+            raise SpecError(f"{jsonl}:{lineno}: 'label' must be a non-empty string")
+        samples.append(Sample(str(row.get("id", lineno)), image_root / str(row["image"]), task,
+                              references=tuple(r.strip() for r in refs), label=str(label).strip(),
+                              hypothesis=str(row.get("hypothesis", "")), prompt=str(row.get("prompt", ""))))
     return samples
 
 

@@ -119,8 +119,7 @@ class Florence2Adapter:
         pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0)
                               .permute(2, 0, 1) for im in images])
         pixels = (pixels - 0.5) / 0.25
-        ids = [[text.bos_token_id] + [3 + zlib.crc32(w.encode()) % (text.vocab_size - 4) for w in p.split()]
-               + [text.eos_token_id] for p in prompts]
+        ids = [self.hash_token_ids(p) for p in prompts]
         n_img, width = self._n_image_tokens(pixels), max(map(len, ids))
         input_ids = torch.full((len(ids), n_img + width), text.pad_token_id)
         mask = torch.zeros_like(input_ids)
@@ -179,11 +178,13 @@ class Florence2Adapter:
             self._input_flops[shape] = float(counter.get_total_flops())
         return self._input_flops[shape]
 
-    # --- training and saving (finetune.py) ------------------------------------------------------------
-    @property
-    def bos_id_text(self) -> int:
-        return self.text_config.bos_token_id
+    def hash_token_ids(self, text: str, max_len: int | None = None) -> list[int]:
+        """<s> words </s>, each word an id by hash: the tokenizer of processor-less (random) models."""
+        cfg = self.text_config
+        words = [3 + zlib.crc32(w.encode()) % (cfg.vocab_size - 4) for w in text.split()]
+        return [cfg.bos_token_id] + words[: None if max_len is None else max_len - 2] + [cfg.eos_token_id]
 
+    # --- training and saving (finetune.py) ------------------------------------------------------------
     def decoder_states(self, batch: Florence2Batch, labels: torch.Tensor) -> list[torch.Tensor]:
         """Every decoder layer's output [B, T, D] under teacher forcing (the model's own forward)."""
         from transformers.models.florence2.modeling_florence2 import shift_tokens_right
