@@ -41,6 +41,11 @@ class DecodingConfig:
     # Never end early: every sample generates max_len tokens. For speed benchmarks on random weights, where
     # output lengths would otherwise differ between grid points and distort every saving.
     ignore_eos: bool = False
+    extra_eos: tuple[int, ...] = ()  # further ids that end a sequence (a generation config's eos list)
+
+    @property
+    def eos(self) -> tuple[int, ...]:
+        return (self.eos_id, *self.extra_eos)
 
 
 def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: list[int]) -> None:
@@ -60,7 +65,13 @@ def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: li
 def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int]) -> None:
     _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, rows)
     if cfg.ignore_eos:
-        logprobs[:, cfg.eos_id] = float("-inf")
+        logprobs[:, list(cfg.eos)] = float("-inf")
+
+
+def _is_eos(tokens: torch.Tensor, cfg: DecodingConfig) -> torch.Tensor:
+    if not cfg.extra_eos:
+        return tokens == cfg.eos_id
+    return torch.isin(tokens, torch.tensor(cfg.eos, device=tokens.device))
 
 
 def generate(stepper: Stepper, batch_size: int, cfg: DecodingConfig, device: torch.device) -> list[list[int]]:
@@ -83,7 +94,7 @@ def _greedy(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device)
         tokens = torch.where(finished, cfg.pad_id, logprobs.argmax(-1))
         for r in alive_rows:
             seqs[r].append(int(tokens[r]))
-        finished |= tokens == cfg.eos_id
+        finished |= _is_eos(tokens, cfg)
         if bool(finished.all()):
             break
     return [s[1:] for s in seqs]
@@ -123,7 +134,7 @@ def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -
                     break
                 beam, tok = divmod(idx, vocab)
                 row = b * k + beam
-                if tok == cfg.eos_id:
+                if tok in cfg.eos:
                     finished[b].append((score / (t + 1), seqs[row][1:] + [tok]))
                     if len(finished[b]) == k:
                         break
@@ -187,7 +198,7 @@ def _beam_hf(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device
         top_lp, top_idx = cand.topk(2 * k)
         src = top_idx // vocab + offsets  # [n, 2k] source rows
         tok = top_idx % vocab
-        hits = (tok == cfg.eos_id) | (t + 1 >= cfg.max_len)
+        hits = _is_eos(tok, cfg) | (t + 1 >= cfg.max_len)
         cand_seqs = [[seqs[r] + [x] for r, x in zip(rs, xs)] for rs, xs in zip(src.tolist(), tok.tolist())]
 
         run_lp = top_lp + hits.float() * _NEG

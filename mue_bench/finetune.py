@@ -1,4 +1,4 @@
-"""MuE fine-tuning of transformers models (Florence-2) with the layer-wise task loss.
+"""MuE fine-tuning of transformers models (Florence-2, T5Gemma 2) with the layer-wise task loss.
 
 A pretrained model was trained to answer from its last decoder layer only, so its intermediate layers
 make poor exits; MuE fine-tunes it so that every layer's output, put through the model's own head,
@@ -61,18 +61,6 @@ def target_text(sample: Sample, rng: random.Random) -> str:
     return rng.choice(sample.references) if sample.task == "caption" else sample.label
 
 
-def _tokenize_targets(adapter, texts: list[str], max_len: int) -> torch.Tensor:
-    """Target ids [B, T] ending in EOS, right-padded with the pad id."""
-    tokenizer = getattr(adapter.processor, "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
-    rows = [adapter.hash_token_ids(t, max_len) for t in texts]  # processor-less random model
-    out = torch.full((len(rows), max(map(len, rows))), adapter.pad_id)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
-
-
 def layerwise_loss(adapter, states: list[torch.Tensor], labels: torch.Tensor, which: str) -> torch.Tensor:
     """Sum over decoder layers of the cross-entropy of that layer's output through the model's head."""
     chosen = states if which == "layerwise" else states[-1:]
@@ -105,7 +93,7 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
         for _ in range(cfg.grad_accum):
             chosen = [samples[rng.randrange(len(samples))] for _ in range(cfg.batch_size)]
             batch = adapter.prepare(chosen).to(device)
-            labels = _tokenize_targets(adapter, [target_text(s, rng) for s in chosen], cfg.max_target_len).to(device)
+            labels = adapter.target_ids([target_text(s, rng) for s in chosen], cfg.max_target_len).to(device)
             ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
             with ctx:
                 losses = layerwise_loss(adapter, adapter.decoder_states(batch, labels), labels, cfg.loss)

@@ -30,9 +30,10 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    family: Literal["mue-tiny", "florence2"] = "mue-tiny"
-    # mue-tiny: a built-in name or a local directory. florence2: a hub id or a local directory in
-    # transformers' format, or "random:tiny|base|large" (random weights of that shape, for speed only).
+    family: Literal["mue-tiny", "florence2", "t5gemma2"] = "mue-tiny"
+    # mue-tiny: a built-in name or a local directory. florence2, t5gemma2: a hub id or a local directory in
+    # transformers' format, or "random:<shape>" (random weights of that shape, for speed only):
+    # florence2 tiny|base|large, t5gemma2 tiny|270m.
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # transformers models only

@@ -9,47 +9,28 @@ BART is post-norm and its encoder has no final norm: an exited state goes straig
 
 from __future__ import annotations
 
-import json
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from mue_bench.data.loaders import Sample
-from mue_bench.decoding import DecodingConfig
 from mue_bench.errors import MueBenchError
+from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view
 from mue_bench.models.hf_cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
 from mue_bench.mue.cost import LayerDims
 
 CAPTION_PROMPT = "<CAPTION>"
+Florence2Batch = HFBatch
 
 
-@dataclass
-class Florence2Batch:
-    input_ids: torch.Tensor  # [B, S]: image placeholders, then the tokenised prompt, right-padded
-    attention_mask: torch.Tensor  # [B, S]
-    pixel_values: torch.Tensor  # [B, 3, H, W]
-
-    def to(self, device: torch.device) -> Florence2Batch:
-        return Florence2Batch(self.input_ids.to(device), self.attention_mask.to(device),
-                              self.pixel_values.to(device))
-
-
-def _heads_view(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[R, N, D] -> [R, H, N, Dh], the layout of transformers' caches."""
-    return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
-
-
-class Florence2Adapter:
+class Florence2Adapter(HFAdapterBase):
     family = "florence2"
-    native_encoder_mode = "freeze"  # the pretrained encoder is joint
+    model_class = "Florence2ForConditionalGeneration"
+    pixel_std = 0.25
 
     def __init__(self, model, processor=None):
-        self.model, self.processor = model.eval(), processor
+        super().__init__(model, processor)
         lm = model.model.language_model
         self.encoder, self.decoder, self.text_config = lm.encoder, lm.decoder, lm.config
         cfg = self.text_config
@@ -58,134 +39,52 @@ class Florence2Adapter:
         gen = model.generation_config
         start = gen.decoder_start_token_id
         self.bos_id = start if start is not None else cfg.decoder_start_token_id
-        self.eos_id = gen.eos_token_id if isinstance(gen.eos_token_id, int) else cfg.eos_token_id
+        self.eos = eos_ids(gen.eos_token_id, cfg.eos_token_id)
+        self.eos_id = self.eos[0]
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else cfg.pad_token_id
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
         self._head_dim = cfg.d_model // cfg.decoder_attention_heads
         self._masks: dict[str, tuple[torch.Tensor, object]] = {}
-        self.image_size: int | None = None  # set for processor-less (random) models
         self._n_img: int | None = None
-        self._input_flops: dict[tuple, float] = {}
 
     @classmethod
-    def load(cls, checkpoint: str | Path, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-             ) -> Florence2Adapter:
-        """A hub id or a local directory in transformers' format (e.g. florence-community/Florence-2-large),
-        or "random:<shape>" for random weights of a SHAPES entry."""
-        from transformers import AutoProcessor, Florence2ForConditionalGeneration
-
-        if str(checkpoint).startswith("random:"):
-            shape = str(checkpoint).removeprefix("random:")
-            if shape not in SHAPES:
-                raise MueBenchError(f"model.checkpoint {checkpoint!r}: unknown shape (use one of "
-                                    f"{', '.join('random:' + k for k in SHAPES)})")
-            return random_florence2(shape, attn_implementation=attn_implementation)
-        local_inputs = Path(checkpoint) / "mue_bench.json"  # a saved processor-less (random) model
-        try:
-            model = Florence2ForConditionalGeneration.from_pretrained(
-                str(checkpoint), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
-            processor = None if local_inputs.is_file() else AutoProcessor.from_pretrained(
-                str(checkpoint), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load Florence-2 "
-                                f"({str(e).splitlines()[0]})") from None
-        adapter = cls(model, processor)
-        if local_inputs.is_file():
-            adapter.image_size = int(json.loads(local_inputs.read_text())["image_size"])
-        return adapter
+    def random(cls, shape: str, attn_implementation: str = "sdpa") -> Florence2Adapter:
+        return random_florence2(shape, attn_implementation=attn_implementation)
 
     # --- inputs -----------------------------------------------------------------------------------
-    def prepare(self, samples: list[Sample]) -> Florence2Batch:
-        from PIL import Image
+    def prompt_text(self, sample: Sample) -> str:
+        return prompt(sample)
 
-        images = []
-        for s in samples:
-            with Image.open(s.image) as im:
-                images.append(im.convert("RGB"))
-        prompts = [prompt(s) for s in samples]
-        if self.processor is None:
-            return self._prepare_without_processor(images, prompts)
-        enc = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
-        return Florence2Batch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
+    def hash_prompt_ids(self, sample: Sample) -> list[int]:
+        """`<image>` placeholders, then <s> words </s>."""
+        return [self.image_token_id] * self._n_image_tokens() + self.hash_token_ids(prompt(sample))
 
-    def _prepare_without_processor(self, images: list, prompts: list[str]) -> Florence2Batch:
-        """Random-weight models have no tokenizer to download: words map to ids by hash, images are resized
-        and normalised. Only for speed measurements; the text means nothing either way."""
-        import numpy as np
-
-        if self.image_size is None:
-            raise MueBenchError("this Florence-2 model has no processor; load it with Florence2Adapter.load")
-        size, text = self.image_size, self.text_config
-        pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0)
-                              .permute(2, 0, 1) for im in images])
-        pixels = (pixels - 0.5) / 0.25
-        ids = [self.hash_token_ids(p) for p in prompts]
-        n_img, width = self._n_image_tokens(pixels), max(map(len, ids))
-        input_ids = torch.full((len(ids), n_img + width), text.pad_token_id)
-        mask = torch.zeros_like(input_ids)
-        input_ids[:, :n_img] = self.image_token_id
-        for b, row in enumerate(ids):
-            input_ids[b, n_img: n_img + len(row)] = torch.tensor(row)
-            mask[b, : n_img + len(row)] = 1
-        return Florence2Batch(input_ids, mask, pixels)
-
-    def _n_image_tokens(self, pixels: torch.Tensor) -> int:
+    def _n_image_tokens(self) -> int:
         if self._n_img is None:
             with torch.no_grad():
                 p = next(self.model.parameters())
-                feats = self.model.model.get_image_features(pixels[:1].to(p.device, p.dtype)).pooler_output
-            self._n_img = feats.shape[1]
+                size = self.image_size or 32
+                self._n_img = self.image_features(torch.zeros(1, 3, size, size, device=p.device,
+                                                              dtype=p.dtype)).shape[1]
         return self._n_img
 
-    def text(self, ids: list[int]) -> str:
-        if self.processor is None:
-            return " ".join(f"t{i}" for i in ids if i != self.eos_id)
-        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
-                 ) -> DecodingConfig:
-        gen = self.model.generation_config
-        early = gen.early_stopping if gen.early_stopping == "never" else bool(gen.early_stopping)
-        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
-                              ignore_eos=ignore_eos, beam_style="hf", early_stopping=early,
-                              length_penalty=1.0 if gen.length_penalty is None else gen.length_penalty)
-
-    def reference_generate(self, batch: Florence2Batch, decoding: DecodingConfig) -> list[list[int]]:
-        """The model's own `generate()` with the same decoding settings, without the start token and padding."""
-        from transformers import GenerationConfig
-
-        gen = GenerationConfig(
-            decoder_start_token_id=self.bos_id, bos_token_id=self.model.generation_config.bos_token_id,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id, do_sample=False, num_beams=decoding.num_beams,
-            max_new_tokens=decoding.max_len, no_repeat_ngram_size=decoding.no_repeat_ngram,
-            length_penalty=decoding.length_penalty, early_stopping=decoding.early_stopping,
-            min_new_tokens=decoding.max_len if decoding.ignore_eos else None,
-        )
-        out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  pixel_values=batch.pixel_values, generation_config=gen)
-        return [_strip(row[1:], self.eos_id) for row in out.tolist()]
-
-    def input_flops(self, batch: Florence2Batch) -> float:
-        """FLOPs per sample of the vision tower and projector, which run in full at every grid point.
-        Counted once per image shape with torch's FlopCounterMode (outside any timed region)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        shape = tuple(batch.pixel_values.shape[1:])
-        if shape not in self._input_flops:
-            counter = FlopCounterMode(display=False)
-            with torch.no_grad(), counter:
-                self.model.model.get_image_features(batch.pixel_values[:1])
-            self._input_flops[shape] = float(counter.get_total_flops())
-        return self._input_flops[shape]
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.model.get_image_features(pixels).pooler_output
 
     def hash_token_ids(self, text: str, max_len: int | None = None) -> list[int]:
         """<s> words </s>, each word an id by hash: the tokenizer of processor-less (random) models."""
         cfg = self.text_config
-        words = [3 + zlib.crc32(w.encode()) % (cfg.vocab_size - 4) for w in text.split()]
+        words = self.hash_words(text, cfg.vocab_size)
         return [cfg.bos_token_id] + words[: None if max_len is None else max_len - 2] + [cfg.eos_token_id]
 
-    # --- training and saving (finetune.py) ------------------------------------------------------------
-    def decoder_states(self, batch: Florence2Batch, labels: torch.Tensor) -> list[torch.Tensor]:
+    def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
+        if self.processor is not None:  # BART's labels: <s> text </s>, as Florence-2 was trained
+            return self.processor.tokenizer(texts, padding=True, truncation=True, max_length=max_len,
+                                            return_tensors="pt")["input_ids"]
+        return self.pad_rows([self.hash_token_ids(t, max_len) for t in texts])
+
+    # --- training (finetune.py) ---------------------------------------------------------------------
+    def decoder_states(self, batch: HFBatch, labels: torch.Tensor) -> list[torch.Tensor]:
         """Every decoder layer's output [B, T, D] under teacher forcing (the model's own forward)."""
         from transformers.models.florence2.modeling_florence2 import shift_tokens_right
 
@@ -195,19 +94,11 @@ class Florence2Adapter:
                          use_cache=False)
         return list(out.decoder_hidden_states[1:])
 
-    def save(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
-        if self.processor is not None:
-            self.processor.save_pretrained(out)
-        else:  # processor-less random model: remember how to build its inputs
-            (out / "mue_bench.json").write_text(json.dumps({"image_size": self.image_size}))
-
     # --- ExitAdapter: encoder -----------------------------------------------------------------------
-    def embed_streams(self, batch: Florence2Batch) -> Streams:
+    def embed_streams(self, batch: HFBatch) -> Streams:
         inner = self.model.model
         embeds = inner.get_input_embeddings()(batch.input_ids)
-        features = inner.get_image_features(batch.pixel_values).pooler_output.to(embeds.device, embeds.dtype)
+        features = self.image_features(batch.pixel_values).to(embeds.device, embeds.dtype)
         is_img = batch.input_ids == self.image_token_id
         n_img = features.shape[1]
         if not bool(is_img[:, :n_img].all()) or bool(is_img[:, n_img:].any()):
@@ -226,7 +117,7 @@ class Florence2Adapter:
         return self._masks[name][1]
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
-                      ) -> torch.Tensor:
+                      stream: str = "joint") -> torch.Tensor:
         mask = self._mask(f"enc{tuple(h.shape)}", key_mask, lambda: create_bidirectional_mask(
             config=self.text_config, inputs_embeds=h, attention_mask=key_mask))
         module = self.encoder.layers[layer]
@@ -244,9 +135,9 @@ class Florence2Adapter:
 
         def cross_kv(layer: int) -> KV:
             attn = self.decoder.layers[layer].encoder_attn
-            return _heads_view(attn.k_proj(enc_out), head_dim), _heads_view(attn.v_proj(enc_out), head_dim)
+            return heads_view(attn.k_proj(enc_out), head_dim), heads_view(attn.v_proj(enc_out), head_dim)
 
-        return HFKVCache(self.text_config, cross_kv)
+        return HFKVCache(self.text_config, cross_kv, cross_config=self.text_config)
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         embeds = self.decoder.embed_tokens(tokens[:, None])
@@ -272,7 +163,7 @@ class Florence2Adapter:
 
     def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
         attn = self.decoder.layers[layer].self_attn
-        return _heads_view(attn.k_proj(h[:, None]), self._head_dim), _heads_view(attn.v_proj(h[:, None]),
+        return heads_view(attn.k_proj(h[:, None]), self._head_dim), heads_view(attn.v_proj(h[:, None]),
                                                                                   self._head_dim)
 
     def logprobs(self, h: torch.Tensor) -> torch.Tensor:
@@ -306,10 +197,6 @@ def prompt(sample: Sample) -> str:
     return f"Does the image describe \" {sample.hypothesis} \"? Answer yes, no or maybe."
 
 
-def _strip(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
-
-
 # --- randomly initialised models of the real class, built from config (no download) ----------------
 # "tiny" is for tests; "base" and "large" have the published checkpoints' shapes, for speed benchmarks in
 # fixed-exit mode (their random weights produce meaningless text).
@@ -326,6 +213,9 @@ SHAPES = {
                   text=dict(vocab_size=51289, d_model=1024, layers=12, heads=16, ffn=4096), image_size=768,
                   image_token_id=51289),
 }
+
+
+Florence2Adapter.shapes = SHAPES
 
 
 def florence2_config(shape: str, attn_implementation: str = "sdpa"):

@@ -19,8 +19,10 @@ CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/
 
 
 class HFKVCache:
-    def __init__(self, config, cross_kv: CrossProjector):
-        self.hf = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+    def __init__(self, config, cross_kv: CrossProjector, cross_config=None):
+        """`config` shapes the self-attention cache (sliding-window layers included); the cross-attention
+        cache uses `cross_config`, plain full layers when None, as each model's `generate()` builds them."""
+        self.hf = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=cross_config))
         self._cross_kv = cross_kv
 
     @property
@@ -50,10 +52,15 @@ class HFKVCache:
         return self.hf.cross_attention_cache.layers[layer]
 
     def copy_layer(self, src: int, dst: int, rows: torch.Tensor) -> None:
+        """Whole-buffer copy (the authors' fill). A sliding-window layer keeps only its last positions, so
+        between layers of different types the most recent min(len) positions are copied."""
         sel = rows[:, None, None, None]
         for s, d in ((self._self[src], self._self[dst]), (self._cross(src), self._cross(dst))):
-            d.keys = torch.where(sel, s.keys, d.keys)
-            d.values = torch.where(sel, s.values, d.values)
+            n = min(s.keys.shape[2], d.keys.shape[2])
+            d.keys = torch.cat([d.keys[:, :, : d.keys.shape[2] - n],
+                                torch.where(sel, s.keys[:, :, -n:], d.keys[:, :, -n:])], 2)
+            d.values = torch.cat([d.values[:, :, : d.values.shape[2] - n],
+                                  torch.where(sel, s.values[:, :, -n:], d.values[:, :, -n:])], 2)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.hf.reorder_cache(index)

@@ -41,6 +41,10 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
         from mue_bench.models.florence2 import Florence2Adapter
 
         adapter = Florence2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
+    elif spec.family == "t5gemma2":
+        from mue_bench.models.t5gemma2 import T5Gemma2Adapter
+
+        adapter = T5Gemma2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])

@@ -59,7 +59,7 @@ class TinyAdapter:
         return Streams(self.model.embed_image(images), self.model.embed_text(batch.ids), batch.mask)
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
-                      ) -> torch.Tensor:
+                      stream: str = "joint") -> torch.Tensor:
         return self.model.encoder[layer](h, key_mask, queries)
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:

@@ -40,9 +40,11 @@ class ExitAdapter(Protocol):
     def embed_streams(self, batch: Any) -> Streams: ...
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
-                      ) -> torch.Tensor:
+                      stream: str = "joint") -> torch.Tensor:
         """Encoder layer `layer` on [B, N, D]. With `queries`, only those positions are computed and returned
-        ([B, len, D]); all N positions still serve as keys/values (`freeze` mode skips a saturated modality)."""
+        ([B, len, D]); all N positions still serve as keys/values (`freeze` mode skips a saturated modality).
+        `stream` says what h holds: "joint" ([image; text]), "image" or "text" (`split` mode), for models
+        whose positions are relative to the joint prompt (T5Gemma 2's RoPE)."""
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor: ...
 

@@ -13,23 +13,43 @@ class LayerDims:
     d_model: int
     d_ff: int
     d_kv: int  # width of the K (and of the V) projection output; < d_model with grouped-query attention
+    d_q: int | None = None  # width of the Q projection (heads x head_dim); d_model unless the model says otherwise
+    ffn_mats: int = 2  # 3 for gated FFNs (gate, up, down)
+    merged_cross: bool = False  # decoder attends to [self; encoder] in one attention (T5Gemma 2)
+    # Per decoder layer, the sliding window of its self-attention cache (None: full attention).
+    dec_windows: tuple[int | None, ...] = ()
+
+    @property
+    def q(self) -> int:
+        return self.d_q or self.d_model
+
+    def _ffn(self, n: int) -> float:
+        return 2 * self.ffn_mats * n * self.d_model * self.d_ff
 
     def encoder_layer(self, n_query: int, n_key: int) -> float:
         """n_query tokens updated, attending over n_key tokens whose K/V are projected."""
-        d, kv = self.d_model, self.d_kv
-        proj = 2 * n_query * d * d * 2 + 2 * n_key * d * kv * 2  # q, o ; k, v
-        attn = 2 * 2 * n_query * n_key * kv
-        return float(proj + attn + 2 * 2 * n_query * d * self.d_ff)
+        d, kv, q = self.d_model, self.d_kv, self.q
+        proj = 2 * n_query * d * q * 2 + 2 * n_key * d * kv * 2  # q, o ; k, v
+        attn = 2 * 2 * n_query * n_key * q  # scores and weighted sum, over every query head
+        return float(proj + attn + self._ffn(n_query))
 
     def decoder_layer(self, self_len: int, cross_len: int) -> float:
         """One token through self-attention over self_len positions, cross-attention, FFN."""
-        d, kv = self.d_model, self.d_kv
-        self_attn = 2 * d * d * 2 + 2 * d * kv * 2 + 2 * 2 * self_len * kv
-        cross_attn = 2 * d * d * 2 + 2 * 2 * cross_len * kv  # cross K/V are projected once per sample
-        return float(self_attn + cross_attn + 2 * 2 * d * self.d_ff)
+        d, kv, q = self.d_model, self.d_kv, self.q
+        self_attn = 2 * d * q * 2 + 2 * d * kv * 2
+        if self.merged_cross:  # one attention over both; cross K/V are projected once per sample
+            return float(self_attn + 2 * 2 * (self_len + cross_len) * q + self._ffn(1))
+        cross_attn = 2 * d * q * 2 + 2 * 2 * cross_len * q
+        return float(self_attn + 2 * 2 * self_len * q + cross_attn + self._ffn(1))
 
     def kv_projection(self) -> float:
         return float(2 * self.d_model * self.d_kv * 2)
+
+    def self_len(self, layer: int, step: int) -> int:
+        """Positions a decoder layer's self-attention reads at 0-based `step`: a sliding-window cache keeps
+        window - 1 past positions besides the current one."""
+        window = self.dec_windows[layer] if layer < len(self.dec_windows) else None
+        return step + 1 if window is None else min(step + 1, window)
 
 
 def encoder_flops(dims: LayerDims, mode: str, n_img: int, n_txt: int, img_layers: int, txt_layers: int,
@@ -47,9 +67,14 @@ def encoder_flops(dims: LayerDims, mode: str, n_img: int, n_txt: int, img_layers
 
 def decoder_flops(dims: LayerDims, dec_layers: Sequence[int], cross_len: int, n_layers: int,
                   kv_fill: str) -> float:
-    total = 0.0
+    """Every step's layers, the cross-attention K/V projections of each layer some step reached (once per
+    sample), and CALM's K/V projections for the layers `propagate` fills."""
+    total = dims.kv_projection() * cross_len * max(dec_layers, default=0)
     for step, used in enumerate(dec_layers):
-        total += used * dims.decoder_layer(step + 1, cross_len)
+        if dims.dec_windows:
+            total += sum(dims.decoder_layer(dims.self_len(layer, step), cross_len) for layer in range(used))
+        else:
+            total += used * dims.decoder_layer(step + 1, cross_len)
         if kv_fill == "propagate":
             total += (n_layers - used) * dims.kv_projection()
     return total

@@ -50,11 +50,12 @@ class StreamExit:
         self.active &= ~fire
 
 
-def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track: StreamExit) -> torch.Tensor:
+def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track: StreamExit, stream: str,
+               ) -> torch.Tensor:
     for layer in range(adapter.n_enc_layers):
         if not bool(track.active.any()):
             break
-        new = torch.where(track.active[:, None, None], adapter.encoder_layer(layer, h, mask), h)
+        new = torch.where(track.active[:, None, None], adapter.encoder_layer(layer, h, mask, stream=stream), h)
         track.observe(layer, stream_similarity(new, h, mask))
         h = new
     return h
@@ -93,7 +94,7 @@ def run_encoder(adapter: ExitAdapter, streams: Streams, cfg: ExitConfig) -> Enco
     if cfg.encoder_mode == "freeze":
         h = _run_joint(adapter, streams, img, txt)
     else:
-        h = torch.cat([_run_split(adapter, streams.image, streams.image_mask, img),
-                       _run_split(adapter, streams.text, streams.text_mask, txt)], 1)
+        h = torch.cat([_run_split(adapter, streams.image, streams.image_mask, img, "image"),
+                       _run_split(adapter, streams.text, streams.text_mask, txt, "text")], 1)
     mask = torch.cat([streams.image_mask, streams.text_mask], 1)
     return EncoderResult(adapter.encoder_norm(h), mask, img.used, txt.used, img.sims, txt.sims)

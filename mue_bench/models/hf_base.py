@@ -1,0 +1,227 @@
+"""What the adapters of transformers' encoder-decoder VLMs (Florence-2, T5Gemma 2) share.
+
+Both take `input_ids` with image placeholder tokens, an attention mask and `pixel_values`; both are loaded
+with `from_pretrained` and `AutoProcessor`, compared against their own `generate()`, and have a vision
+tower that runs in full at every grid point. Only the layer-by-layer calls differ, in each family's module.
+Random-weight models (`checkpoint = "random:<shape>"`) have no processor: their words map to ids by hash
+and their images are resized and normalised here, which is enough for speed measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mue_bench.data.loaders import Sample
+from mue_bench.decoding import DecodingConfig
+from mue_bench.errors import MueBenchError
+
+MUE_BENCH_JSON = "mue_bench.json"  # saved with processor-less (random) models: how to build their inputs
+
+
+@dataclass
+class HFBatch:
+    input_ids: torch.Tensor  # [B, S] with the image placeholders, right-padded
+    attention_mask: torch.Tensor  # [B, S]
+    pixel_values: torch.Tensor  # [B, 3, H, W]
+
+    def to(self, device: torch.device) -> HFBatch:
+        return HFBatch(self.input_ids.to(device), self.attention_mask.to(device), self.pixel_values.to(device))
+
+    def row(self, b: int) -> HFBatch:
+        """Sample b alone, without padding."""
+        n = int(self.attention_mask[b].sum())
+        return HFBatch(self.input_ids[b:b + 1, :n], self.attention_mask[b:b + 1, :n], self.pixel_values[b:b + 1])
+
+
+def load_rgb(samples: list[Sample]) -> list:
+    from PIL import Image
+
+    images = []
+    for s in samples:
+        with Image.open(s.image) as im:
+            images.append(im.convert("RGB"))
+    return images
+
+
+def strip_after_eos(ids: list[int], eos: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[: i + 1]
+    return ids
+
+
+def eos_ids(value: int | list[int] | None, fallback: int | list[int]) -> tuple[int, ...]:
+    """A generation config's eos_token_id (an int or a list) as a tuple, the first one primary."""
+    v = value if value is not None else fallback
+    return (v,) if isinstance(v, int) else tuple(v)
+
+
+class HFAdapterBase:
+    """Loading, inputs, decoding settings and the reference `generate()`; subclasses drive the layers."""
+
+    family: str
+    native_encoder_mode = "freeze"  # the pretrained encoders are joint
+    model_class: str  # the transformers class name
+    shapes: dict[str, dict]  # "random:<shape>" entries
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    eos: tuple[int, ...]
+
+    def __init__(self, model, processor=None):
+        self.model, self.processor = model.eval(), processor
+        self.image_size: int | None = None  # set for processor-less (random) models
+        self._input_flops: dict[tuple, float] = {}
+
+    @classmethod
+    def random(cls, shape: str, attn_implementation: str = "sdpa") -> HFAdapterBase:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+             ) -> HFAdapterBase:
+        """A hub id or a local directory in transformers' format, or "random:<shape>" for random weights."""
+        import transformers
+        from transformers import AutoProcessor
+
+        if str(checkpoint).startswith("random:"):
+            shape = str(checkpoint).removeprefix("random:")
+            if shape not in cls.shapes:
+                raise MueBenchError(f"model.checkpoint {checkpoint!r}: unknown shape (use one of "
+                                    f"{', '.join('random:' + k for k in cls.shapes)})")
+            return cls.random(shape, attn_implementation=attn_implementation)
+        local_inputs = Path(checkpoint) / MUE_BENCH_JSON
+        try:
+            model = getattr(transformers, cls.model_class).from_pretrained(
+                str(checkpoint), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+            processor = None if local_inputs.is_file() else AutoProcessor.from_pretrained(
+                str(checkpoint), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load {cls.model_class} "
+                                f"({str(e).splitlines()[0]})") from None
+        adapter = cls(model, processor)
+        if local_inputs.is_file():
+            adapter.image_size = int(json.loads(local_inputs.read_text())["image_size"])
+        return adapter
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        if self.processor is not None:
+            self.processor.save_pretrained(out)
+        else:
+            (out / MUE_BENCH_JSON).write_text(json.dumps({"image_size": self.image_size}))
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def prepare(self, samples: list[Sample]) -> HFBatch:
+        images = load_rgb(samples)
+        if self.processor is None:
+            return self._prepare_without_processor(images, samples)
+        enc = self.processor(text=[self.prompt_text(s) for s in samples], images=images, return_tensors="pt",
+                             padding=True)
+        return HFBatch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
+
+    def prompt_text(self, sample: Sample) -> str:
+        """The processor's text input for a sample."""
+        raise NotImplementedError
+
+    def _prepare_without_processor(self, images: list, samples: list[Sample]) -> HFBatch:
+        import numpy as np
+
+        if self.image_size is None:
+            raise MueBenchError(f"this {self.model_class} has no processor; load it with {type(self).__name__}.load")
+        size = self.image_size
+        pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0)
+                              .permute(2, 0, 1) for im in images])
+        pixels = (pixels - 0.5) / self.pixel_std
+        return self.pack([self.hash_prompt_ids(s) for s in samples], pixels)
+
+    pixel_std = 0.5
+
+    def hash_prompt_ids(self, sample: Sample) -> list[int]:
+        """A processor-less model's prompt ids, image placeholders included."""
+        raise NotImplementedError
+
+    def pack(self, rows: list[list[int]], pixels: torch.Tensor) -> HFBatch:
+        """Right-pad prompt id rows into a batch."""
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id)
+        mask = torch.zeros_like(input_ids)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = 1
+        return HFBatch(input_ids, mask, pixels)
+
+    def hash_words(self, text: str, vocab_size: int, reserved: int = 3) -> list[int]:
+        """Each word an id by hash, above the `reserved` special ids and below the image-related ones."""
+        return [reserved + zlib.crc32(w.encode()) % (vocab_size - reserved - 1) for w in text.split()]
+
+    def text(self, ids: list[int]) -> str:
+        if self.processor is None:
+            return " ".join(f"t{i}" for i in ids if i not in self.eos)
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
+        """Training targets [B, T]: what the decoder should emit after its start token, ending in EOS,
+        right-padded with the pad id."""
+        raise NotImplementedError
+
+    def pad_rows(self, rows: list[list[int]]) -> torch.Tensor:
+        out = torch.full((len(rows), max(map(len, rows))), self.pad_id)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return out
+
+    # --- decoding -----------------------------------------------------------------------------------
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
+                 ) -> DecodingConfig:
+        gen = self.model.generation_config
+        early = gen.early_stopping if gen.early_stopping == "never" else bool(gen.early_stopping)
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
+                              ignore_eos=ignore_eos, beam_style="hf", early_stopping=early,
+                              length_penalty=1.0 if gen.length_penalty is None else gen.length_penalty,
+                              extra_eos=self.eos[1:])
+
+    def reference_generate(self, batch: HFBatch, decoding: DecodingConfig) -> list[list[int]]:
+        """The model's own `generate()` with the same decoding settings, without the start token and padding."""
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig(
+            decoder_start_token_id=self.bos_id, bos_token_id=self.model.generation_config.bos_token_id,
+            eos_token_id=list(self.eos) if len(self.eos) > 1 else self.eos_id, pad_token_id=self.pad_id,
+            do_sample=False, num_beams=decoding.num_beams, max_new_tokens=decoding.max_len,
+            no_repeat_ngram_size=decoding.no_repeat_ngram, length_penalty=decoding.length_penalty,
+            early_stopping=decoding.early_stopping, min_new_tokens=decoding.max_len if decoding.ignore_eos else None,
+        )
+        out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  pixel_values=batch.pixel_values, generation_config=gen)
+        return [strip_after_eos(row[1:], self.eos) for row in out.tolist()]
+
+    # --- costs --------------------------------------------------------------------------------------
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower and projector: [B, n_image_tokens, D]."""
+        return self.model.get_image_features(pixels).pooler_output
+
+    def input_flops(self, batch: HFBatch) -> float:
+        """FLOPs per sample of the vision tower and projector, which run in full at every grid point.
+        Counted once per image shape with torch's FlopCounterMode (outside any timed region)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        shape = tuple(batch.pixel_values.shape[1:])
+        if shape not in self._input_flops:
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                self.image_features(batch.pixel_values[:1])
+            self._input_flops[shape] = float(counter.get_total_flops())
+        return self._input_flops[shape]
+
+
+def heads_view(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[R, N, D] -> [R, H, N, Dh], the layout of transformers' caches."""
+    return x.view(*x.shape[:2], -1, head_dim).transpose(1, 2)
