@@ -24,17 +24,20 @@ def _point_stats(rows: pd.DataFrame) -> dict:
     dec_counts = rows["dec_layers"].map(len)
     dec_total = rows["dec_layers"].map(sum)
     lat = rows["latency_s"].to_numpy(float)
+    timed = lat[~np.isnan(lat)]  # with timing.batches, only the first batches of a point are timed
     mem = rows["peak_mem_bytes"].dropna()
     return {
         "n": len(rows),
+        "n_timed": len(timed),
         "enc_img_layers": float(rows["enc_img_layers"].mean()),
         "enc_txt_layers": float(rows["enc_txt_layers"].mean()),
         "dec_layers": float(dec_total.sum() / max(dec_counts.sum(), 1)),
         "layers_used": int(rows["layers_used"].sum()),
         "flops_used": float(rows["flops"].sum()),
-        "wall_s": float(lat.sum()),
-        "latency_p50_s": float(np.percentile(lat, 50)),
-        "latency_p90_s": float(np.percentile(lat, 90)),
+        # all n samples' model time; measured on the n_timed first samples when fewer, the same ones at every point
+        "wall_s": float(timed.mean() * len(rows)) if len(timed) else float("nan"),
+        "latency_p50_s": float(np.percentile(timed, 50)) if len(timed) else float("nan"),
+        "latency_p90_s": float(np.percentile(timed, 90)) if len(timed) else float("nan"),
         "peak_mem_bytes": int(mem.max()) if len(mem) else None,
         "cider": float(rows["cider"].mean()),
         "rouge_l": float(rows["rouge_l"].mean()),

@@ -29,6 +29,7 @@ from mue_bench.models.registry import checkpoint_hash, device_name, load_adapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
 from mue_bench.records import failed_rows, summarise
+from mue_bench.reuse import GridReuse, encoder_setting
 from mue_bench.spec import SweepSpec, point_id
 from mue_bench.store import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore
 from mue_bench.timing import peak_memory, reset_peak_memory, timed
@@ -60,6 +61,7 @@ class SweepOutcome:
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    layer_executions: int = 0  # of the points computed in this run (warm-up and repeats included)
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -67,38 +69,55 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, device: torch.device,
-                   on_batch: Callable[[], None] = lambda: None) -> pd.DataFrame:
-    """Per-sample raw rows of one grid point: outputs of the first timed pass, median batch times."""
+                   on_batch: Callable[[], None] = lambda: None, reuse: GridReuse | None = None,
+                   ) -> tuple[pd.DataFrame, int]:
+    """Per-sample raw rows of one grid point and the layer executions it took. The timed batches (all, or
+    the first `timing.batches` when `reuse` is given) run in full: outputs of the first pass, median batch
+    times. The rest come from `reuse`, with no latency."""
     decoding = adapter.decoding(**spec.decoding.model_dump())
+    n_timed = len(batches) if reuse is None else min(spec.timing.batches or len(batches), len(batches))
+    executions = 0
     for _ in range(spec.timing.warmup):
         for batch in batches[:1]:
-            run_model(adapter, batch, cfg, decoding)
+            executions += _executions(collect(adapter, run_model(adapter, batch, cfg, decoding), cfg))
     reset_peak_memory(device)
-    times: list[list[float]] = [[] for _ in batches]
+    times: list[list[float]] = [[] for _ in batches[:n_timed]]
     results = []
     for rep in range(spec.timing.repeats):
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(batches[:n_timed]):
             raw, secs = timed(lambda b=batch: run_model(adapter, b, cfg, decoding), device)
             times[i].append(secs)
             if rep == 0:
                 results.append(collect(adapter, raw, cfg))
                 on_batch()
+            executions += _executions(results[i])
     mem = peak_memory(device)
+    first = n_timed * spec.run.batch_size
+    for i, batch in enumerate(batches[n_timed:], start=n_timed):
+        assert reuse is not None
+        results.append(reuse.evaluate(i, i * spec.run.batch_size, batch, cfg))
+        on_batch()
+    if reuse is not None:
+        executions += reuse.take_executions()
     pid = point_id(cfg)
     rows, index = [], 0
-    for b, (res, batch_times) in enumerate(zip(results, times)):
-        share = median(batch_times) / len(res.samples)
+    for b, res in enumerate(results):
+        share = median(times[b]) / len(res.samples) if b < n_timed else float("nan")
         for s in res.samples:
             rows.append({
                 "point_id": pid, "sample_index": index, "sample_id": None, "batch_index": b,
                 "prediction": adapter.text(s.tokens), "tokens": s.tokens,
                 "enc_img_layers": s.enc_img_layers, "enc_txt_layers": s.enc_txt_layers,
                 "dec_layers": s.dec_layers, "layers_used": s.layers_used, "flops": s.flops,
-                "latency_s": share, "peak_mem_bytes": mem, "enc_img_sims": s.enc_img_sims,
-                "enc_txt_sims": s.enc_txt_sims, "dec_sims": s.dec_sims,
+                "latency_s": share, "peak_mem_bytes": mem if index < first else None,
+                "enc_img_sims": s.enc_img_sims, "enc_txt_sims": s.enc_txt_sims, "dec_sims": s.dec_sims,
             })
             index += 1
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), executions
+
+
+def _executions(result) -> int:
+    return sum(s.layers_used for s in result.samples)
 
 
 def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitConfig], task: str,
@@ -136,6 +155,14 @@ def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitC
         g["consistency"] = consist.get(pid, np.full(len(g), np.nan))
         scored.append(g)
     return pd.concat(scored, ignore_index=True), corpus
+
+
+def _setting_order(configs: dict[str, ExitConfig], pid: str) -> int:
+    """Rank of the point's encoder setting by first appearance in the grid (a stable grouping key)."""
+    order = {}
+    for c in configs.values():
+        order.setdefault(encoder_setting(c), len(order))
+    return order[encoder_setting(configs[pid])]
 
 
 def _git_rev() -> str:
@@ -184,7 +211,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     configs = {point_id(c): c for c in spec.points()}
     store = SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh)
     done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
-    todo = [pid for pid in configs if pid not in done]
+    # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
+    todo = sorted((pid for pid in configs if pid not in done), key=lambda p: _setting_order(configs, p))
     adapter, samples, batches = prepare_inputs(spec, device)
     native = getattr(adapter, "native_encoder_mode", None)
     if native and any(c.encoder_mode != native for c in configs.values()):
@@ -196,10 +224,13 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
 
     outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
     progress.start_points(len(configs), len(done))
+    reuse = GridReuse(adapter, adapter.decoding(**spec.decoding.model_dump())) if spec.timing.batches else None
     for pid in todo:
         progress.start_point(pid, len(batches))
         try:
-            rows = evaluate_point(adapter, batches, configs[pid], spec, device, progress.batch_done)
+            rows, executions = evaluate_point(adapter, batches, configs[pid], spec, device, progress.batch_done,
+                                              reuse)
+            outcome.layer_executions += executions
         except (KeyboardInterrupt, MueBenchError):
             raise
         except Exception as e:  # one failing point does not lose the grid, if asked

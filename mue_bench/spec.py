@@ -115,6 +115,10 @@ class GridSpec(_Strict):
 class TimingSpec(_Strict):
     warmup: int = Field(default=1, ge=0)
     repeats: int = Field(default=1, ge=1)
+    # Time only the first `batches` batches of every point (run in full, as deployed); evaluate the other
+    # samples with grid reuse (reuse.py): encoder outputs shared across decoder settings, generations shared
+    # by samples that reach the same exits. None: every batch is timed and nothing is reused.
+    batches: int | None = Field(default=None, ge=1)
 
 
 class RunSpec(_Strict):

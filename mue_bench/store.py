@@ -33,7 +33,7 @@ SAMPLE_FIELDS = [
     ("dec_layers", pa.list_(pa.int32())),
     ("layers_used", pa.int64()),
     ("flops", pa.float64()),
-    ("latency_s", pa.float64()),  # the sample's share of its batch's median time (batch time at batch 1)
+    ("latency_s", pa.float64()),  # share of its batch's median time (batch time at batch 1); NaN if untimed
     ("peak_mem_bytes", pa.int64()),
     ("enc_img_sims", pa.list_(pa.float32())),
     ("enc_txt_sims", pa.list_(pa.float32())),
@@ -63,6 +63,7 @@ POINTS_SCHEMA = pa.schema([
     ("dec_schedule", pa.string()),
     ("fixed_exit", pa.list_(pa.int32())),
     ("n", pa.int64()),
+    ("n_timed", pa.int64()),  # samples whose latency was measured (all unless timing.batches is set)
     ("enc_img_layers", pa.float64()),
     ("enc_txt_layers", pa.float64()),
     ("dec_layers", pa.float64()),

@@ -1,26 +1,28 @@
-"""MuE fine-tuning of a transformers model: a few steps on a tiny random Florence-2, saved and reloaded."""
+"""MuE fine-tuning of transformers models: a few steps on tiny random Florence-2 and T5Gemma 2, saved and reloaded."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from mue_bench.cli import app
 from mue_bench.models.florence2 import Florence2Adapter
+from mue_bench.models.t5gemma2 import T5Gemma2Adapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch
 
 
-def _config(tmp_path, shapes_root, steps: int, loss: str = "layerwise"):
+def _config(tmp_path, shapes_root, steps: int, loss: str = "layerwise", family: str = "florence2"):
     rows = json.loads((shapes_root / "dataset_coco.json").read_text())["images"][:6]
     data = tmp_path / "captions.jsonl"
     data.write_text("".join(json.dumps({"image": f"{r['filepath']}/{r['filename']}",
                                         "references": [s["raw"] for s in r["sentences"]]}) + "\n" for r in rows))
     path = tmp_path / "finetune.json"
     path.write_text(json.dumps({
-        "model": {"family": "florence2", "checkpoint": "random:tiny"},
+        "model": {"family": family, "checkpoint": "random:tiny"},
         "data": {"dataset": "jsonl", "task": "caption", "annotations": str(data), "images": str(shapes_root)},
         "steps": steps, "batch_size": 3, "grad_accum": 2, "lr": 3e-3, "warmup": 1, "loss": loss,
         "device": "cpu", "log_every": 1,
@@ -28,16 +30,17 @@ def _config(tmp_path, shapes_root, steps: int, loss: str = "layerwise"):
     return path
 
 
-def test_layerwise_finetuning_lowers_every_layers_loss_and_reloads(tmp_path, shapes_root):
+@pytest.mark.parametrize(("family", "adapter_class"), [("florence2", Florence2Adapter), ("t5gemma2", T5Gemma2Adapter)])
+def test_layerwise_finetuning_lowers_every_layers_loss_and_reloads(tmp_path, shapes_root, family, adapter_class):
     out = tmp_path / "ckpt"
-    result = CliRunner().invoke(app, ["train", "--config", str(_config(tmp_path, shapes_root, 12)),
+    result = CliRunner().invoke(app, ["train", "--config", str(_config(tmp_path, shapes_root, 12, family=family)),
                                       "--out", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "mue_finetune_summary.json").read_text())
     first, last = summary["loss_per_layer_first"], summary["loss_per_layer_last"]
     assert len(first) == 4 and all(b < a for a, b in zip(first, last))
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
-    adapter = Florence2Adapter.load(out)
+    adapter = adapter_class.load(out)
     [sample] = run_batch(adapter, adapter.prepare(_samples(shapes_root)), ExitConfig(encoder_mode="freeze"),
                          adapter.decoding(max_len=4)).samples
     assert sample.tokens
@@ -66,3 +69,22 @@ def test_bad_finetune_config_is_one_line(tmp_path, shapes_root):
     result = CliRunner().invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "grad_accum" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", ["florence2", "t5gemma2"])
+def test_the_last_layer_state_through_the_exit_head_is_the_models_own_prediction(family, shapes_root):
+    """The layer-wise loss reads each decoder layer's output and applies the exit head (norm, head, softcap);
+    for the last layer that must be exactly the model's own teacher-forced distribution."""
+    from mue_bench.models import florence2, t5gemma2
+
+    make = florence2.random_florence2 if family == "florence2" else t5gemma2.random_t5gemma2
+    adapter = make("tiny", seed=1)
+    batch = adapter.prepare(_samples(shapes_root) * 2)
+    labels = adapter.target_ids(["a red circle", "two blue squares left of a circle"], 8)
+    with torch.no_grad():
+        states = adapter.decoder_states(batch, labels)
+        dec_in = adapter.decoder_inputs(labels)
+        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               pixel_values=batch.pixel_values, decoder_input_ids=dec_in, use_cache=False).logits
+    assert len(states) == adapter.n_dec_layers
+    torch.testing.assert_close(adapter.logprobs(states[-1]), logits.float().log_softmax(-1), rtol=1e-4, atol=1e-4)

@@ -84,14 +84,17 @@ class Florence2Adapter(HFAdapterBase):
         return self.pad_rows([self.hash_token_ids(t, max_len) for t in texts])
 
     # --- training (finetune.py) ---------------------------------------------------------------------
-    def decoder_states(self, batch: HFBatch, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Every decoder layer's output [B, T, D] under teacher forcing (the model's own forward)."""
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the start token, then the labels shifted right."""
         from transformers.models.florence2.modeling_florence2 import shift_tokens_right
 
-        dec_in = shift_tokens_right(labels, self.pad_id, self.bos_id)
+        return shift_tokens_right(labels, self.pad_id, self.bos_id)
+
+    def decoder_states(self, batch: HFBatch, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder layer's output [B, T, D] under teacher forcing (the model's own forward)."""
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         pixel_values=batch.pixel_values, decoder_input_ids=dec_in, output_hidden_states=True,
-                         use_cache=False)
+                         pixel_values=batch.pixel_values, decoder_input_ids=self.decoder_inputs(labels),
+                         output_hidden_states=True, use_cache=False)
         return list(out.decoder_hidden_states[1:])
 
     # --- ExitAdapter: encoder -----------------------------------------------------------------------

@@ -80,7 +80,9 @@ class T5Gemma2Adapter(HFAdapterBase):
         tokenizer = getattr(self.processor, "tokenizer", None)
         if getattr(tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            turn = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            bos = tokenizer.bos_token or ""
+            return turn[len(bos):] if bos and turn.startswith(bos) else turn  # the tokenizer adds bos itself
         return f"<start_of_turn>user\n{boi}{text}<end_of_turn>\n<start_of_turn>model\n"
 
     def hash_prompt_ids(self, sample: Sample) -> list[int]:
@@ -99,6 +101,10 @@ class T5Gemma2Adapter(HFAdapterBase):
         return self.pad_rows([r + [self.eos_id] for r in rows])
 
     # --- training (finetune.py) ---------------------------------------------------------------------
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: bos, then the labels shifted right."""
+        return self.model.prepare_decoder_input_ids_from_labels(labels)
+
     def decoder_states(self, batch: HFBatch, labels: torch.Tensor) -> list[torch.Tensor]:
         """Every decoder layer's output [B, T, D] under teacher forcing. Read with forward hooks: the model's
         own `decoder_hidden_states` end with the final norm already applied, which `logprobs` applies."""
@@ -107,7 +113,7 @@ class T5Gemma2Adapter(HFAdapterBase):
         try:
             self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        pixel_values=batch.pixel_values,
-                       decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels), use_cache=False)
+                       decoder_input_ids=self.decoder_inputs(labels), use_cache=False)
         finally:
             for h in hooks:
                 h.remove()

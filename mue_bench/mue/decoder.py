@@ -53,7 +53,8 @@ class MuEStepper:
             ran += 1
             if layer < n_layers - 1:
                 sim = group_similarity(new, h, self.beams)
-                sims[:, layer] = sim
+                # a sample already out keeps its state (similarity 1): record only what the sample computed
+                sims[:, layer] = torch.where(active.view(-1, self.beams).any(1), sim, sims[:, layer])
                 fire = active & self._fires(sim, layer + 1).repeat_interleave(self.beams)
                 used[fire] = layer + 1
                 active &= ~fire

@@ -52,39 +52,70 @@ class RawBatch:
 
 
 @torch.no_grad()
+def encode(adapter: ExitAdapter, batch: Any, cfg: ExitConfig) -> tuple[Streams, EncoderResult]:
+    streams = adapter.embed_streams(batch)
+    return streams, run_encoder(adapter, streams, cfg)
+
+
+@torch.no_grad()
+def decode(adapter: ExitAdapter, enc_out: torch.Tensor, enc_mask: torch.Tensor, cfg: ExitConfig,
+           decoding: DecodingConfig) -> tuple[MuEStepper, list[list[int]]]:
+    stepper = MuEStepper(adapter, enc_out, enc_mask, cfg, decoding.num_beams, decoding.max_len)
+    return stepper, generate(stepper, enc_out.shape[0], decoding, enc_out.device)
+
+
 def run_model(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> RawBatch:
     """The timed part: encoder with exits, then generation with per-token exits."""
-    streams = adapter.embed_streams(batch)
-    enc = run_encoder(adapter, streams, cfg)
-    stepper = MuEStepper(adapter, enc.out, enc.mask, cfg, decoding.num_beams, decoding.max_len)
-    tokens = generate(stepper, streams.image.shape[0], decoding, streams.image.device)
+    streams, enc = encode(adapter, batch, cfg)
+    stepper, tokens = decode(adapter, enc.out, enc.mask, cfg, decoding)
     return RawBatch(batch, streams, enc, stepper, tokens)
+
+
+@dataclass
+class Decoded:
+    """One sample's generation: ids, layers used per step (0 once finished), similarities per step."""
+
+    tokens: list[int]
+    layers: list[int]
+    sims: list[list[float]]
+
+
+def decoded_rows(stepper: MuEStepper, tokens: list[list[int]]) -> list[Decoded]:
+    layers = torch.stack(stepper.layers, 1).tolist()  # [B, steps]
+    sims = torch.stack(stepper.sims, 1).tolist()  # [B, steps, L-1]
+    return [Decoded(t, u, s) for t, u, s in zip(tokens, layers, sims)]
+
+
+def sample_exits(adapter: ExitAdapter, cfg: ExitConfig, enc: EncoderResult, b: int, n_img: int, n_txt: int,
+                 dec: Decoded, fixed_flops: float) -> SampleExits:
+    """Sample b's record: its encoder exits from `enc`, its generation, and analytic FLOPs."""
+    img_layers, txt_layers = int(enc.img_layers[b]), int(enc.txt_layers[b])
+    steps = [u for u in dec.layers if u > 0]
+    flops = fixed_flops + encoder_flops(adapter.dims, cfg.encoder_mode, n_img, n_txt, img_layers, txt_layers,
+                                        adapter.n_enc_layers)
+    flops += decoder_flops(adapter.dims, steps, n_img + n_txt, adapter.n_dec_layers, cfg.kv_fill)
+    return SampleExits(
+        tokens=dec.tokens, enc_img_layers=img_layers, enc_txt_layers=txt_layers, dec_layers=steps,
+        enc_img_sims=enc.img_sims[b].tolist(), enc_txt_sims=enc.txt_sims[b].tolist(),
+        dec_sims=[s for s, u in zip(dec.sims, dec.layers) if u > 0], flops=flops,
+    )
+
+
+def fixed_flops(adapter: ExitAdapter, batch: Any) -> float:
+    """Work no exit can skip (e.g. Florence-2's vision tower) counts in every point's FLOPs, so that
+    flop_savings promises only what skipping layers can deliver."""
+    input_flops = getattr(adapter, "input_flops", None)
+    return input_flops(batch) if input_flops else 0.0
 
 
 def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult:
     """Per-sample exits, traces and analytic FLOPs from a finished batch."""
-    streams, enc, stepper = raw.streams, raw.encoder, raw.stepper
-    layers = torch.stack(stepper.layers, 1).tolist()  # [B, steps]
-    sims = torch.stack(stepper.sims, 1).tolist()  # [B, steps, L-1]
-    n_img = streams.image.shape[1]
-    n_txt = streams.text_mask.sum(1).tolist()
-    img_layers, txt_layers = enc.img_layers.tolist(), enc.txt_layers.tolist()
-    # Work no exit can skip (e.g. Florence-2's vision tower) counts in every point's FLOPs, so that
-    # flop_savings promises only what skipping layers can deliver.
-    input_flops = getattr(adapter, "input_flops", None)
-    fixed = input_flops(raw.batch) if input_flops else 0.0
-    out = []
-    for b in range(len(raw.tokens)):
-        steps = [u for u in layers[b] if u > 0]
-        flops = fixed + encoder_flops(adapter.dims, cfg.encoder_mode, n_img, int(n_txt[b]), img_layers[b],
-                              txt_layers[b], adapter.n_enc_layers)
-        flops += decoder_flops(adapter.dims, steps, n_img + int(n_txt[b]), adapter.n_dec_layers, cfg.kv_fill)
-        out.append(SampleExits(
-            tokens=raw.tokens[b], enc_img_layers=img_layers[b], enc_txt_layers=txt_layers[b], dec_layers=steps,
-            enc_img_sims=enc.img_sims[b].tolist(), enc_txt_sims=enc.txt_sims[b].tolist(),
-            dec_sims=[s for s, u in zip(sims[b], layers[b]) if u > 0], flops=flops,
-        ))
-    return BatchResult(out)
+    n_img = raw.streams.image.shape[1]
+    n_txt = raw.streams.text_mask.sum(1).tolist()
+    fixed = fixed_flops(adapter, raw.batch)
+    decoded = decoded_rows(raw.stepper, raw.tokens)
+    return BatchResult([sample_exits(adapter, cfg, raw.encoder, b, n_img, int(n_txt[b]), dec, fixed)
+                        for b, dec in enumerate(decoded)])
 
 
 def run_batch(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> BatchResult:
