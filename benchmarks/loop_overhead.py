@@ -6,7 +6,7 @@ the lengths), so the encoder and the vision tower, identical in both, cancel out
 step through its exit bookkeeping (similarity per layer, fill of skipped slots), which is its overhead
 over transformers' loop. Medians over repeats, alternating the two so drift hits both.
 
-    .venv/bin/python benchmarks/loop_overhead.py [--models florence2-tiny,florence2-base] [--batch 1]
+    .venv/bin/python benchmarks/loop_overhead.py [--models florence2-tiny,florence2-base,t5gemma2-tiny] [--batch 1]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from statistics import median
 
 import torch
 
-from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.models.random_hf import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_model
@@ -24,10 +24,9 @@ from mue_bench.timing import timed
 
 
 def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: int, device: torch.device):
-    shape = model_name.removeprefix("florence2-")
-    adapter = random_florence2(shape)
+    adapter, batch = random_hf_model(model_name, batch_size)
     adapter.model.to(device)
-    batch = random_inputs(adapter, [8] * batch_size, SHAPES[shape]["image_size"]).to(device)
+    batch = batch.to(device)
     cfg = ExitConfig(encoder_mode="freeze")
     runs = {}
     for n in (short, long):
@@ -48,7 +47,7 @@ def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="florence2-tiny,florence2-base")
+    parser.add_argument("--models", default="florence2-tiny,florence2-base,t5gemma2-tiny")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--short", type=int, default=4)
     parser.add_argument("--long", type=int, default=36)

@@ -9,7 +9,7 @@ Side by side, in the same run, a reference loop written the way the authors' cod
 cosine similarity over the whole flattened batch per layer and a Python `if` on that device tensor
 (a host sync per layer per token), copy-filling the skipped layers' slots.
 
-    .venv/bin/python benchmarks/realization.py [--models mue-tiny,florence2-large] [--batches 1,32]
+    .venv/bin/python benchmarks/realization.py [--models mue-tiny,florence2-large,t5gemma2-270m] [--batches 1,32]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mue_bench.data.loaders import load_karpathy
 from mue_bench.data.shapes import ensure
-from mue_bench.models.florence2 import SHAPES, random_florence2, random_inputs
+from mue_bench.models.random_hf import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
@@ -72,9 +72,7 @@ def _load(name: str, batch_size: int, device: torch.device):
         samples = (load_karpathy(root / "dataset_coco.json", root, "test") * batch_size)[:batch_size]
         batch = adapter.prepare(samples)
     else:
-        shape = name.removeprefix("florence2-")
-        adapter = random_florence2(shape)
-        batch = random_inputs(adapter, [8] * batch_size, SHAPES[shape]["image_size"])
+        adapter, batch = random_hf_model(name, batch_size)
     adapter.model.to(device)
     return adapter, batch.to(device)
 
