@@ -14,7 +14,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view
+from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view, task_prompt
 from mue_bench.models.hf_cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -193,11 +193,7 @@ def _bart_encoder_layer_for(layer, h: torch.Tensor, mask, queries: slice) -> tor
 
 def prompt(sample: Sample) -> str:
     """Florence-2's task tokens: captioning is `<CAPTION>`; entailment asks the hypothesis as a question."""
-    if sample.prompt:
-        return sample.prompt
-    if sample.task == "caption":
-        return CAPTION_PROMPT
-    return f"Does the image describe \" {sample.hypothesis} \"? Answer yes, no or maybe."
+    return task_prompt(sample, CAPTION_PROMPT)
 
 
 # --- randomly initialised models of the real class, built from config (no download) ----------------

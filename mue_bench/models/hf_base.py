@@ -55,6 +55,16 @@ def strip_after_eos(ids: list[int], eos: tuple[int, ...]) -> list[int]:
     return ids
 
 
+def task_prompt(sample: Sample, caption: str) -> str:
+    """A sample's own prompt, else the family's caption request, else the hypothesis asked as a question
+    (neither model has an entailment task token: fine-tune for it)."""
+    if sample.prompt:
+        return sample.prompt
+    if sample.task == "caption":
+        return caption
+    return f"Does the image describe \" {sample.hypothesis} \"? Answer yes, no or maybe."
+
+
 def eos_ids(value: int | list[int] | None, fallback: int | list[int]) -> tuple[int, ...]:
     """A generation config's eos_token_id (an int or a list) as a tuple, the first one primary."""
     v = value if value is not None else fallback

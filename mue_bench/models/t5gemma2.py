@@ -28,7 +28,7 @@ from transformers.masking_utils import (
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view
+from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view, task_prompt
 from mue_bench.models.hf_cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -253,11 +253,7 @@ def _encoder_layer_for(layer, h: torch.Tensor, rope: tuple[torch.Tensor, torch.T
 
 def prompt(sample: Sample) -> str:
     """The user turn: a caption request, or the hypothesis as a yes/no/maybe question; a sample's own prompt wins."""
-    if sample.prompt:
-        return sample.prompt
-    if sample.task == "caption":
-        return CAPTION_PROMPT
-    return f"Does the image describe \" {sample.hypothesis} \"? Answer yes, no or maybe."
+    return task_prompt(sample, CAPTION_PROMPT)
 
 
 # --- randomly initialised models of the real class, built from config (no download) ----------------
