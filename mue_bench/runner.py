@@ -157,14 +157,6 @@ def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitC
     return pd.concat(scored, ignore_index=True), corpus
 
 
-def _setting_order(configs: dict[str, ExitConfig], pid: str) -> int:
-    """Rank of the point's encoder setting by first appearance in the grid (a stable grouping key)."""
-    order = {}
-    for c in configs.values():
-        order.setdefault(encoder_setting(c), len(order))
-    return order[encoder_setting(configs[pid])]
-
-
 def _git_rev() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -212,7 +204,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     store = SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh)
     done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
     # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
-    todo = sorted((pid for pid in configs if pid not in done), key=lambda p: _setting_order(configs, p))
+    first_seen: dict = {}
+    for c in configs.values():
+        first_seen.setdefault(encoder_setting(c), len(first_seen))
+    todo = sorted((pid for pid in configs if pid not in done), key=lambda p: first_seen[encoder_setting(configs[p])])
     adapter, samples, batches = prepare_inputs(spec, device)
     native = getattr(adapter, "native_encoder_mode", None)
     if native and any(c.encoder_mode != native for c in configs.values()):

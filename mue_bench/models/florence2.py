@@ -21,7 +21,6 @@ from mue_bench.mue.cache import KV
 from mue_bench.mue.cost import LayerDims
 
 CAPTION_PROMPT = "<CAPTION>"
-Florence2Batch = HFBatch
 
 
 class Florence2Adapter(HFAdapterBase):
@@ -44,7 +43,6 @@ class Florence2Adapter(HFAdapterBase):
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else cfg.pad_token_id
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
         self._head_dim = cfg.d_model // cfg.decoder_attention_heads
-        self._masks: dict[str, tuple[torch.Tensor, object]] = {}
         self._n_img: int | None = None
 
     @classmethod
@@ -112,16 +110,9 @@ class Florence2Adapter(HFAdapterBase):
         h = self.encoder.layernorm_embedding(h)
         return Streams(h[:, :n_img], h[:, n_img:], batch.attention_mask[:, n_img:].bool())
 
-    def _mask(self, name: str, key_mask: torch.Tensor, build):
-        """Masks depend only on the padding, which is fixed per batch: build each once."""
-        cached = self._masks.get(name)
-        if cached is None or cached[0] is not key_mask:
-            self._masks[name] = (key_mask, build())
-        return self._masks[name][1]
-
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
                       stream: str = "joint") -> torch.Tensor:
-        mask = self._mask(f"enc{tuple(h.shape)}", key_mask, lambda: create_bidirectional_mask(
+        mask = self._memoised(("enc", tuple(h.shape)), key_mask, lambda: create_bidirectional_mask(
             config=self.text_config, inputs_embeds=h, attention_mask=key_mask))
         module = self.encoder.layers[layer]
         if queries is None:
@@ -140,7 +131,7 @@ class Florence2Adapter(HFAdapterBase):
             attn = self.decoder.layers[layer].encoder_attn
             return heads_view(attn.k_proj(enc_out), head_dim), heads_view(attn.v_proj(enc_out), head_dim)
 
-        return HFKVCache(self.text_config, cross_kv, cross_config=self.text_config)
+        return HFKVCache(self.text_config, cross_kv)
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         embeds = self.decoder.embed_tokens(tokens[:, None])
@@ -157,7 +148,7 @@ class Florence2Adapter(HFAdapterBase):
                 config=self.text_config, inputs_embeds=x,
                 attention_mask=torch.ones(x.shape[0], past + 1, device=x.device, dtype=torch.long),
                 past_key_values=cache.hf.self_attention_cache)
-        cross_mask = self._mask(f"cross{x.shape[0]}", enc_mask, lambda: create_bidirectional_mask(
+        cross_mask = self._memoised(("cross", x.shape[0]), enc_mask, lambda: create_bidirectional_mask(
             config=self.text_config, inputs_embeds=x, attention_mask=enc_mask,
             encoder_hidden_states=self._enc_out))
         out = self.decoder.layers[layer](x, self._self_mask, self._enc_out, encoder_attention_mask=cross_mask,
@@ -259,7 +250,7 @@ def random_florence2(shape: str = "tiny", seed: int = 0, attn_implementation: st
 
 
 def random_inputs(adapter: Florence2Adapter, prompt_lengths: list[int], image_size: int, seed: int = 0,
-                  ) -> Florence2Batch:
+                  ) -> HFBatch:
     """Right-padded prompts of the given lengths (BOS ... EOS) after the image placeholders, random pixels."""
     g = torch.Generator().manual_seed(seed)
     cfg, text = adapter.model.config, adapter.text_config
@@ -275,4 +266,4 @@ def random_inputs(adapter: Florence2Adapter, prompt_lengths: list[int], image_si
         ids[b, n_img + 1: n_img + n - 1] = torch.randint(3, min(text.vocab_size - 1, 60), (n - 2,), generator=g)
         ids[b, n_img + n - 1] = text.eos_token_id
         mask[b, : n_img + n] = 1
-    return Florence2Batch(ids, mask, pixels)
+    return HFBatch(ids, mask, pixels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,15 @@ class HFAdapterBase:
         self.model, self.processor = model.eval(), processor
         self.image_size: int | None = None  # set for processor-less (random) models
         self._input_flops: dict[tuple, float] = {}
+        self._memo: dict[tuple, tuple[torch.Tensor, object]] = {}
+
+    def _memoised(self, key: tuple, anchor: torch.Tensor, build: Callable[[], object]):
+        """Masks and rotary tables depend only on a batch's layout (its padding mask, its positions): build
+        each once per batch, rebuilt when `anchor` is another tensor."""
+        cached = self._memo.get(key)
+        if cached is None or cached[0] is not anchor:
+            self._memo[key] = (anchor, build())
+        return self._memo[key][1]
 
     @classmethod
     def random(cls, shape: str, attn_implementation: str = "sdpa") -> HFAdapterBase:
@@ -160,12 +170,8 @@ class HFAdapterBase:
 
     def pack(self, rows: list[list[int]], pixels: torch.Tensor) -> HFBatch:
         """Right-pad prompt id rows into a batch."""
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_id)
-        mask = torch.zeros_like(input_ids)
-        for b, row in enumerate(rows):
-            input_ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
+        input_ids = self.pad_rows(rows)
+        mask = (torch.arange(input_ids.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]).long()
         return HFBatch(input_ids, mask, pixels)
 
     def hash_words(self, text: str, vocab_size: int, reserved: int = 3) -> list[int]:
@@ -183,6 +189,7 @@ class HFAdapterBase:
         raise NotImplementedError
 
     def pad_rows(self, rows: list[list[int]]) -> torch.Tensor:
+        """[B, max len] ids, right-padded with the pad id."""
         out = torch.full((len(rows), max(map(len, rows))), self.pad_id)
         for i, r in enumerate(rows):
             out[i, : len(r)] = torch.tensor(r)

@@ -19,10 +19,10 @@ CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/
 
 
 class HFKVCache:
-    def __init__(self, config, cross_kv: CrossProjector, cross_config=None):
-        """`config` shapes the self-attention cache (sliding-window layers included); the cross-attention
-        cache uses `cross_config`, plain full layers when None, as each model's `generate()` builds them."""
-        self.hf = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=cross_config))
+    def __init__(self, config, cross_kv: CrossProjector):
+        """`config` shapes the self-attention cache (sliding-window layers included); cross-attention layers
+        are plain, full and created as they are first reached."""
+        self.hf = EncoderDecoderCache(DynamicCache(config=config), DynamicCache())
         self._cross_kv = cross_kv
 
     @property
@@ -57,10 +57,8 @@ class HFKVCache:
         sel = rows[:, None, None, None]
         for s, d in ((self._self[src], self._self[dst]), (self._cross(src), self._cross(dst))):
             n = min(s.keys.shape[2], d.keys.shape[2])
-            d.keys = torch.cat([d.keys[:, :, : d.keys.shape[2] - n],
-                                torch.where(sel, s.keys[:, :, -n:], d.keys[:, :, -n:])], 2)
-            d.values = torch.cat([d.values[:, :, : d.values.shape[2] - n],
-                                  torch.where(sel, s.values[:, :, -n:], d.values[:, :, -n:])], 2)
+            d.keys[:, :, -n:] = torch.where(sel, s.keys[:, :, -n:], d.keys[:, :, -n:])
+            d.values[:, :, -n:] = torch.where(sel, s.values[:, :, -n:], d.values[:, :, -n:])
 
     def reorder(self, index: torch.Tensor) -> None:
         self.hf.reorder_cache(index)

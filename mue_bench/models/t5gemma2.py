@@ -17,7 +17,6 @@ What differs from Florence-2, and why the code looks the way it does:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from transformers.masking_utils import (
@@ -64,7 +63,6 @@ class T5Gemma2Adapter(HFAdapterBase):
         self._head_dim = head_dim
         self._softcap = dec.final_logit_softcapping
         self._positions: dict[str, torch.Tensor] = {}
-        self._memo: dict[tuple, tuple[torch.Tensor, object]] = {}
 
     @classmethod
     def random(cls, shape: str, attn_implementation: str = "sdpa") -> T5Gemma2Adapter:
@@ -133,22 +131,15 @@ class T5Gemma2Adapter(HFAdapterBase):
         order = torch.argsort((~is_img).to(torch.int8), dim=1, stable=True)
         h = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
         self._positions = {"joint": order, "image": order[:, :n_img], "text": order[:, n_img:]}
-        self._memo.clear()
+        self._memo.clear()  # the previous batch's masks and tables
         return Streams(h[:, :n_img], h[:, n_img:], batch.attention_mask.gather(1, order[:, n_img:]).bool())
-
-    def _memo_get(self, key: tuple, anchor: torch.Tensor, build: Callable[[], object]):
-        """Masks and rotary tables depend only on the batch's layout: build each once per batch."""
-        cached = self._memo.get(key)
-        if cached is None or cached[0] is not anchor:
-            self._memo[key] = (anchor, build())
-        return self._memo[key][1]
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
                       stream: str = "joint") -> torch.Tensor:
         pos = self._positions[stream]
         kind = self.enc_config.layer_types[layer]
-        rope = self._memo_get(("rope", stream, kind), pos, lambda: self.text_encoder.rotary_emb(h, pos, kind))
-        mask = self._memo_get(("mask", stream, kind), key_mask, lambda: self._encoder_mask(h, key_mask, pos, kind))
+        rope = self._memoised(("rope", stream, kind), pos, lambda: self.text_encoder.rotary_emb(h, pos, kind))
+        mask = self._memoised(("mask", stream, kind), key_mask, lambda: self._encoder_mask(h, key_mask, pos, kind))
         module = self.text_encoder.layers[layer]
         if queries is None:
             return module(h, rope, mask, pos)
@@ -192,7 +183,7 @@ class T5Gemma2Adapter(HFAdapterBase):
         self._rope = {k: self.decoder.rotary_emb(x, self._pos, k) for k in kinds}
         args = dict(config=self.dec_config, inputs_embeds=x, attention_mask=None,
                     past_key_values=cache.hf.self_attention_cache, position_ids=self._pos, allow_is_causal_skip=False)
-        cross = self._memo_get(("cross", x.shape[0]), enc_mask, lambda: create_bidirectional_mask(
+        cross = self._memoised(("cross", x.shape[0]), enc_mask, lambda: create_bidirectional_mask(
             config=self.dec_config, inputs_embeds=x, attention_mask=enc_mask, encoder_hidden_states=self._enc_out,
             allow_is_bidirectional_skip=False))
         build = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
