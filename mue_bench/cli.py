@@ -83,6 +83,7 @@ class _RichProgress:
             start_point=lambda pid, n: self.p.reset(self.batches, total=n, description=pid),
             batch_done=lambda: self.p.advance(self.batches),
             point_done=lambda pid, ok: self.p.advance(self.points),
+            warming_up=lambda: self.p.update(self.batches, description="warm-up (full model, untimed)"),
             scoring=lambda: self.p.update(self.batches, description="scoring (pycocoevalcap)"),
             warn=lambda msg: err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
         )

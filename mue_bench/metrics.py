@@ -12,7 +12,9 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -59,46 +61,93 @@ def tokenize_grid(predictions: Mapping[str, Sequence[str]], references: Sequence
     return gts, {point: {i: tokens[f"{point}\x00{i}"] for i in range(n)} for point in predictions}
 
 
-def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: bool = True,
+def _memo_meteor_class():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    class MemoMeteor(Meteor):
+        """pycocoevalcap's METEOR with each segment's alignment statistics memoised. Grid points share most
+        of their predictions, and a segment's statistics depend only on (hypothesis, references), so the
+        corpus scores are exactly the library's; the Java process aligns each distinct pair once."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stats: dict[tuple[str, tuple[str, ...]], str] = {}
+
+        def _stat(self, hypothesis_str: str, reference_list: list[str]) -> str:
+            key = (hypothesis_str, tuple(reference_list))
+            if key not in self.stats:
+                self.stats[key] = super()._stat(hypothesis_str, reference_list)
+            return self.stats[key]
+
+        def close(self) -> None:
+            with self.lock:
+                self.meteor_p.stdin.close()
+                self.meteor_p.kill()
+                self.meteor_p.wait()
+
+    return MemoMeteor
+
+
+@contextlib.contextmanager
+def meteor_process(enabled: bool = True) -> Iterator[Any]:
+    """A METEOR scorer (None when disabled), started before it is needed: its JVM spends seconds loading
+    paraphrase tables, which overlaps the PTB tokenizer and the other metrics."""
+    scorer = _memo_meteor_class()() if enabled else None
+    try:
+        yield scorer
+    finally:
+        if scorer is not None:
+            with contextlib.suppress(Exception):
+                scorer.close()
+
+
+def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: Any = None,
                     ) -> dict[str, dict[str, float | np.ndarray]]:
-    """{point: {metric: corpus score, metric + "_per_sample": [n]}}; one METEOR process for all points.
+    """{point: {metric: corpus score, metric + "_per_sample": [n]}}; METEOR from `meteor_process()` if given.
 
     Corpus scores are pycocoevalcap's own (CIDEr-D is the mean of its per-sample scores; BLEU-4 and
     METEOR aggregate n-gram / alignment statistics, so they are recomputed from the stored predictions).
+    METEOR runs in a worker thread (its work happens in the Java process) while CIDEr-D, BLEU-4 and
+    ROUGE-L are computed here.
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
-    scorer_meteor = Meteor() if meteor else None
-    out: dict[str, dict[str, float | np.ndarray]] = {}
-    try:
+    def per_metric(name: str, scorer: Any, res: Tokens, index: int | None = None) -> dict[str, float | np.ndarray]:
+        corpus, per_sample = scorer.compute_score(gts, res)
+        if index is not None:
+            corpus, per_sample = corpus[index], per_sample[index]
+        return {name: float(corpus), name + "_per_sample": np.asarray(per_sample, float)}
+
+    def all_meteor() -> dict[str, dict[str, float | np.ndarray]]:
+        return {point: per_metric("meteor", meteor, res) for point, res in res_by_point.items()}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        meteor_scores = pool.submit(all_meteor) if meteor is not None else None
+        out: dict[str, dict[str, float | np.ndarray]] = {}
         for point, res in res_by_point.items():
             with _quiet():
-                scorers = [("cider", Cider(), None), ("bleu4", Bleu(4), 3), ("rouge_l", Rouge(), None)]
-                if scorer_meteor is not None:
-                    scorers.append(("meteor", scorer_meteor, None))
-                scores: dict[str, float | np.ndarray] = {}
-                for name, scorer, index in scorers:
-                    corpus, per_sample = scorer.compute_score(gts, res)
-                    if index is not None:
-                        corpus, per_sample = corpus[index], per_sample[index]
-                    scores[name] = float(corpus)
-                    scores[name + "_per_sample"] = np.asarray(per_sample, float)
-            out[point] = scores
-    finally:
-        if scorer_meteor is not None:
-            with contextlib.suppress(Exception):
-                scorer_meteor.close()
+                out[point] = {**per_metric("cider", Cider(), res), **per_metric("bleu4", Bleu(4), res, 3),
+                              **per_metric("rouge_l", Rouge(), res)}
+        if meteor_scores is not None:
+            for point, scores in meteor_scores.result().items():
+                out[point].update(scores)
     return out
+
+
+def score_grid(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]], meteor: bool = True,
+               ) -> tuple[Tokens, dict[str, Tokens], dict[str, dict[str, float | np.ndarray]]]:
+    """Tokenize and score several points' raw predictions: (gts, {point: res}, scores as score_tokenized)."""
+    with meteor_process(meteor) as scorer:
+        gts, res = tokenize_grid(predictions, references)
+        return gts, res, score_tokenized(gts, res, scorer)
 
 
 def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]],
                    meteor: bool = True) -> dict[str, dict[str, float | np.ndarray]]:
     """Score raw predictions of several points (see score_tokenized)."""
-    gts, res = tokenize_grid(predictions, references)
-    return score_tokenized(gts, res, meteor)
+    return score_grid(predictions, references, meteor)[2]
 
 
 def caption_agreement(res_by_point: Mapping[str, Tokens], full: Tokens) -> dict[str, np.ndarray]:

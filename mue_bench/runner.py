@@ -24,7 +24,7 @@ import mue_bench
 from mue_bench.data.loaders import Sample, check_images
 from mue_bench.data.registry import load_samples
 from mue_bench.errors import MueBenchError
-from mue_bench.metrics import accuracy, caption_agreement, label_agreement, score_tokenized, tokenize_grid
+from mue_bench.metrics import accuracy, caption_agreement, label_agreement, score_grid
 from mue_bench.models.registry import checkpoint_hash, device_name, load_adapter, resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
@@ -50,6 +50,7 @@ class Progress:
     start_point: Callable[[str, int], None] = lambda pid, n_batches: None
     batch_done: Callable[[], None] = lambda: None
     point_done: Callable[[str, bool], None] = lambda pid, ok: None
+    warming_up: Callable[[], None] = lambda: None
     scoring: Callable[[], None] = lambda: None
     warn: Callable[[str], None] = lambda message: None
 
@@ -116,6 +117,17 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
     return pd.DataFrame(rows), executions
 
 
+def warm_up(adapter, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
+    """One untimed full-model pass over every batch that will be timed, before the first timed point: the
+    first run of each input shape is slow (allocator growth, kernel selection), and without this pass the
+    point timed first, the full model, pays for it and every time saving is inflated. Returns the layer
+    executions it took."""
+    decoding = adapter.decoding(**spec.decoding.model_dump())
+    cfg = ExitConfig(encoder_mode=encoder_mode)
+    n_timed = min(spec.timing.batches or len(batches), len(batches))
+    return sum(_executions(collect(adapter, run_model(adapter, b, cfg, decoding), cfg)) for b in batches[:n_timed])
+
+
 def _executions(result) -> int:
     return sum(s.layers_used for s in result.samples)
 
@@ -128,8 +140,7 @@ def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitC
     corpus: dict[str, dict[str, float]] = {}
     scored = []
     if task == "caption":  # one tokenizer call serves the quality metrics and consistency
-        gts, tokens = tokenize_grid(preds, [s.references for s in dataset])
-        scores = score_tokenized(gts, tokens, meteor=meteor)
+        _, tokens, scores = score_grid(preds, [s.references for s in dataset], meteor)
     consist: dict[str, np.ndarray] = {}
     for mode in {c.encoder_mode for c in configs.values()}:
         ref_id = point_id(ExitConfig(encoder_mode=mode))
@@ -220,6 +231,9 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
     progress.start_points(len(configs), len(done))
     reuse = GridReuse(adapter, adapter.decoding(**spec.decoding.model_dump())) if spec.timing.batches else None
+    if todo and spec.timing.warmup:
+        progress.warming_up()
+        outcome.layer_executions += warm_up(adapter, batches, configs[todo[0]].encoder_mode, spec)
     for pid in todo:
         progress.start_point(pid, len(batches))
         try:

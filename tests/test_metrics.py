@@ -21,3 +21,28 @@ def test_one_tokenization_serves_scores_and_consistency():
 
 def test_label_agreement_is_exact_match():
     assert label_agreement({"p": ["yes", "no", "maybe"]}, ["yes", "yes", "maybe"])["p"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_meteor_aligns_each_distinct_caption_once_and_scores_as_pycocoevalcap():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from mue_bench.metrics import meteor_process, score_tokenized
+
+    refs = [["a red circle", "there is a red circle"], ["a blue square and a green triangle", "two shapes"]]
+    preds = {"full": ["a red circle", "a blue square and a green triangle"],
+             "same": ["a red circle", "a blue square and a green triangle"],
+             "fast": ["a red square", "a blue square"]}
+    gts, tokens = tokenize_grid(preds, refs)
+    with meteor_process() as memo:  # started first: both JVMs load at once
+        plain = Meteor()  # the library's own scorer, one alignment per segment and point
+        try:
+            expected = {point: plain.compute_score(gts, res) for point, res in tokens.items()}
+        finally:
+            plain.meteor_p.kill()
+        scores = score_tokenized(gts, tokens, memo)
+        assert len(memo.stats) == 4  # "same" repeats "full": only 4 distinct (caption, references) pairs
+    for point, (corpus, per_sample) in expected.items():
+        assert scores[point]["meteor"] == corpus
+        assert scores[point]["meteor_per_sample"].tolist() == per_sample
+    assert scores["full"]["meteor"] > scores["fast"]["meteor"] > 0
+    assert {"cider", "bleu4", "rouge_l"} <= scores["fast"].keys()

@@ -111,6 +111,40 @@ def test_rerun_reuses_every_finished_point(spec_path):
     assert sorted(fresh.computed) == sorted(first.computed)
 
 
+def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_first_timed_point(
+        spec_path, monkeypatch):
+    from mue_bench import runner
+
+    calls: list[tuple[str, bool]] = []  # (point id of the config, inside a timed region)
+    timing = {"on": False}
+    real_run, real_timed = runner.run_model, runner.timed
+
+    def run_model(adapter, batch, cfg, decoding):
+        calls.append((runner.point_id(cfg), timing["on"]))
+        return real_run(adapter, batch, cfg, decoding)
+
+    def timed(fn, device):
+        timing["on"] = True
+        try:
+            return real_timed(fn, device)
+        finally:
+            timing["on"] = False
+
+    monkeypatch.setattr(runner, "run_model", run_model)
+    monkeypatch.setattr(runner, "timed", timed)
+    spec = load_spec(spec_path)
+    spec = spec.model_copy(update={"timing": spec.timing.model_copy(update={"warmup": 1})})
+    out = run_sweep(spec, SweepOptions(meteor=False))
+    first_timed = next(i for i, (_, on) in enumerate(calls) if on)
+    full = out.points.loc[out.points["is_full"], "point_id"].item()
+    assert calls[:2] == [(full, False), (full, False)]  # 4 samples at batch size 2: both batches, untimed
+    assert first_timed == 3  # then the first point's own warm-up batch, then its timed batches
+    # a rerun with nothing left to compute does no warm-up
+    calls.clear()
+    run_sweep(spec, SweepOptions(meteor=False))
+    assert calls == []
+
+
 def _comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).sort_values("point_id").reset_index(drop=True)
 
