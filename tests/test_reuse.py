@@ -53,3 +53,33 @@ def test_only_the_first_batches_are_timed_and_wall_time_covers_every_sample(tmp_
     pts = out.points
     assert (pts["n_timed"] == 2).all() and (pts["n"] == 6).all()
     assert np.isfinite(pts["time_savings"]).all() and (pts["wall_s"] > 0).all()
+
+
+def _live_tensor_bytes() -> int:
+    import gc
+    import warnings
+
+    import torch
+
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some deprecated torch module objects warns
+        warnings.simplefilter("ignore")
+        return sum(o.numel() * o.element_size() for o in gc.get_objects()
+                   if isinstance(o, torch.Tensor) and not isinstance(o, torch.nn.Parameter))
+
+
+@pytest.mark.parametrize("batches", [None, 1])
+def test_the_sweep_holds_no_tensors_per_finished_point(tmp_path, shapes_root, random_checkpoint, batches):
+    """Memory stays flat as the grid grows: after each point, the tensors alive are those of the model, the
+    inputs and (with reuse) one encoder setting's outputs, whatever the number of points done."""
+    from mue_bench.runner import Progress
+
+    live: list[int] = []
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
+    grid = spec.grid.model_copy(update={"tau_img": [0.5, 0.9], "tau_txt": [0.7, 0.9, 2.0], "tau_dec": [0.3, 0.9]})
+    spec = spec.model_copy(update={"grid": grid, "timing": spec.timing.model_copy(update={"batches": batches})})
+    run_sweep(spec, SweepOptions(meteor=False, fresh=True), Progress(point_done=lambda pid, ok: live.append(
+        _live_tensor_bytes())))
+    assert len(live) == 13
+    # points are grouped by encoder setting: compare the ends of groups after the first (full model) point
+    assert max(live[1:]) <= 1.05 * min(live[1:]), live
