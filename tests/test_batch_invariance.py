@@ -34,3 +34,45 @@ def test_batch_exits_equal_single_sample_exits(attention, mode, fill, beams):
     # the thresholds really produced early exits somewhere, and not everywhere
     dec_layers = [u for s in together for u in s.dec_layers]
     assert min(dec_layers) < 6 and max(dec_layers) == 6 or len(set(dec_layers)) > 1
+
+
+class _RowCounter:
+    """Counts the rows each layer call computes, around an adapter's own methods (its decoder_layer_rows
+    calls decoder_layer on the rows)."""
+
+    def __init__(self, adapter):
+        self.rows = 0
+        enc, dec = adapter.encoder_layer, adapter.decoder_layer
+
+        def encoder_layer(layer, h, *a, **kw):
+            self.rows += h.shape[0]
+            return enc(layer, h, *a, **kw)
+
+        def decoder_layer(layer, h, *a, **kw):
+            self.rows += h.shape[0]
+            return dec(layer, h, *a, **kw)
+
+        adapter.encoder_layer, adapter.decoder_layer = encoder_layer, decoder_layer
+
+
+@pytest.mark.parametrize("attention,mode", [("split", "split"), ("joint", "freeze")])
+@pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
+@pytest.mark.parametrize("beams", [1, 2])
+def test_batch_compaction_computes_only_active_rows_and_changes_no_result(attention, mode, fill, beams):
+    adapter = random_tiny(attention, seed=1)
+    batch = padded_batch(seed=1)
+    img, txt, dec = _median_thresholds(adapter, batch, mode)
+    cfg = ExitConfig(img, txt, dec, encoder_mode=mode, kv_fill=fill)
+    decoding = adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
+    counter = _RowCounter(adapter)
+    compacted = run_batch(adapter, batch, cfg, decoding).samples
+    compacted_rows, counter.rows = counter.rows, 0
+    adapter.row_subsets = False  # every layer on the whole batch, exited rows masked
+    masked = run_batch(adapter, batch, cfg, decoding).samples
+    assert compacted_rows < counter.rows
+    for c, m in zip(compacted, masked):
+        assert c.tokens == m.tokens and c.dec_layers == m.dec_layers
+        assert (c.enc_img_layers, c.enc_txt_layers) == (m.enc_img_layers, m.enc_txt_layers)
+        np.testing.assert_allclose(c.enc_img_sims, m.enc_img_sims, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(c.dec_sims, float), np.asarray(m.dec_sims, float), atol=1e-5)
+        assert c.flops == m.flops

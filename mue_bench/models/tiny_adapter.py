@@ -20,6 +20,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 class TinyAdapter:
     family = "mue-tiny"
+    row_subsets = True  # every layer is a pure function of its rows: the engine compacts batches
 
     def __init__(self, model: TinyOFA, tokenizer: WordTokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -76,6 +77,13 @@ class TinyAdapter:
         out, k, v = self.model.decoder[layer](h[:, None], cache.past(layer), cache.cross[layer], enc_mask)
         cache.append(layer, k, v)
         return out[:, 0]
+
+    def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: TensorKVCache,
+                           enc_mask: torch.Tensor) -> torch.Tensor:
+        sub = cache.rows(layer, rows)
+        out = self.decoder_layer(layer, h, sub, enc_mask[rows])
+        cache.append_rows(layer, rows, sub)
+        return out
 
     def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
         return self.model.decoder[layer].self_kv(h[:, None])

@@ -62,3 +62,16 @@ class ExitAdapter(Protocol):
 
     def logprobs(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head + log-softmax on [R, D] -> [R, V]."""
+
+
+def compacts(adapter: ExitAdapter) -> bool:
+    """Whether the engine may run a layer on a subset of a batch's rows (batch compaction: rows that exited
+    cost nothing). An adapter opts in with `row_subsets = True`, promising that `encoder_layer` works on any
+    subset of rows given with their masks (no per-batch state) and providing `decoder_layer_rows`:
+
+        decoder_layer_rows(layer, h, rows, cache, enc_mask) -> [len(rows), D]
+            Decoder layer `layer` on the states `h` of batch rows `rows` only; appends a slot for every row of
+            the cache, with this step's K/V for `rows` (the engine fills the others' slots).
+    """
+    return bool(getattr(adapter, "row_subsets", False))
+

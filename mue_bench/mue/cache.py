@@ -72,3 +72,20 @@ class TensorKVCache:
     def length(self, layer: int) -> int:
         k = self.keys[layer]
         return 0 if k is None else k.shape[2]
+
+    def rows(self, layer: int, index: torch.Tensor) -> TensorKVCache:
+        """A cache holding only layer `layer` of rows `index` (to run that layer on those rows)."""
+        sub = TensorKVCache([(k[index], v[index]) if i == layer else (k[:0], v[:0])
+                             for i, (k, v) in enumerate(self.cross)])
+        past = self.past(layer)
+        if past is not None:
+            sub.keys[layer], sub.values[layer] = past[0][index], past[1][index]
+        return sub
+
+    def append_rows(self, layer: int, index: torch.Tensor, sub: TensorKVCache) -> None:
+        """Append this step's slot of layer `layer`: `sub`'s new slot for rows `index`, zeros elsewhere."""
+        sk, sv = sub.slot(layer)
+        rows = len(self.cross[layer][0])
+        k, v = sk.new_zeros((rows, *sk.shape[1:])), sv.new_zeros((rows, *sv.shape[1:]))
+        k[index], v[index] = sk, sv
+        self.append(layer, k, v)

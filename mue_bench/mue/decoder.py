@@ -5,17 +5,19 @@ of a sample decide together. Skipped layers still need this step's K/V, or later
 to a shorter history in deep layers:
 - copy: layer l's slot is written into each skipped layer's slot;
 - propagate: each skipped layer projects the exited state with its own K/V weights (CALM). A layer
-  that ran for batch-mates already computed exactly that for the exited row, so only layers nobody
-  ran are projected;
+  that ran for batch-mates on the whole batch already computed exactly that for the exited row, so
+  only layers nobody ran (or that ran compacted) are projected;
 - official: the authors' code, the skipped layers' whole self- and cross-attention buffers become
   copies of layer l's.
+With an adapter that allows it (`compacts`), a layer runs on the rows still active only (batch
+compaction): exited and finished rows cost nothing, and their slots are filled as above.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mue_bench.mue.adapter import ExitAdapter
+from mue_bench.mue.adapter import ExitAdapter, compacts
 from mue_bench.mue.cache import KV
 from mue_bench.mue.config import ExitConfig, decoder_threshold
 from mue_bench.mue.similarity import group_similarity
@@ -28,6 +30,8 @@ class MuEStepper:
         self.enc_mask = enc_mask.repeat_interleave(beams, 0)
         self.cache = adapter.decoder_cache(enc_out.repeat_interleave(beams, 0))
         self.step_index = 0
+        self.compact = compacts(adapter)
+        self._compacted: set[int] = set()  # layers of this step run on active rows only
         # Per step: layers used per sample (0 for samples already finished) and similarities [B, L-1].
         self.layers: list[torch.Tensor] = []
         self.sims: list[torch.Tensor] = []
@@ -45,11 +49,18 @@ class MuEStepper:
         active = alive.clone()
         used = torch.where(alive, n_layers, 0)
         sims = torch.full((len(tokens) // self.beams, n_layers - 1), float("nan"), device=h.device)
-        ran = 0
+        ran, self._compacted = 0, set()
         for layer in range(n_layers):
-            if not bool(active.any()):
+            n_active = int(active.sum())  # one host sync per layer: whether to go on, and how
+            if n_active == 0:
                 break
-            new = torch.where(active[:, None], adapter.decoder_layer(layer, h, self.cache, self.enc_mask), h)
+            if self.compact and n_active < len(active):  # exited and finished rows cost nothing
+                rows = active.nonzero().squeeze(1)
+                new = h.clone()
+                new[rows] = adapter.decoder_layer_rows(layer, h[rows], rows, self.cache, self.enc_mask)
+                self._compacted.add(layer)
+            else:
+                new = torch.where(active[:, None], adapter.decoder_layer(layer, h, self.cache, self.enc_mask), h)
             ran += 1
             if layer < n_layers - 1:
                 sim = group_similarity(new, h, self.beams)
@@ -86,7 +97,7 @@ class MuEStepper:
         for layer in range(deepest_skip, n_layers):  # rows that used all layers up to here skipped nothing
             if layer >= ran:  # nobody ran it: every row needs a slot
                 self.cache.append(layer, *self._fill_kv(layer, used, exits, h))
-            elif self.cfg.kv_fill != "propagate":
+            elif self.cfg.kv_fill != "propagate" or layer in self._compacted:
                 skipped = used <= layer
                 self.cache.write_slot(layer, skipped, *self._fill_kv(layer, used, exits, h))
         if self.cfg.kv_fill == "official":

@@ -3,8 +3,9 @@
 `split`: image and text run through the shared layers as separate streams (the authors' code), each
 stopping once its consecutive-layer similarity exceeds its threshold. `freeze`: one joint sequence;
 a saturated modality's tokens stop being updated but still serve as keys/values for the others.
-A layer runs for the whole batch while any sample needs it; finished rows keep their state, so each
-sample's result equals what it would get alone.
+A layer runs while any sample needs it; finished rows keep their state, so each sample's result equals
+what it would get alone. Adapters that allow it (`compacts`) run a layer on the rows that still need it
+only, so a batch no longer costs its deepest exit.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mue_bench.mue.adapter import ExitAdapter, Streams
+from mue_bench.mue.adapter import ExitAdapter, Streams, compacts
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.similarity import stream_similarity
 
@@ -50,12 +51,26 @@ class StreamExit:
         self.active &= ~fire
 
 
+def _layer_on(adapter: ExitAdapter, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None,
+              rows: torch.Tensor | None, stream: str = "joint") -> torch.Tensor:
+    """Encoder layer `layer` for every row of h (at positions `queries`, all if None); with `rows` (batch
+    compaction), only those rows are computed and the others come back unchanged."""
+    if rows is None:
+        return adapter.encoder_layer(layer, h, key_mask, queries, stream=stream)
+    out = (h if queries is None else h[:, queries]).clone()
+    out[rows] = adapter.encoder_layer(layer, h[rows], key_mask[rows], queries, stream=stream)
+    return out
+
+
 def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track: StreamExit, stream: str,
                ) -> torch.Tensor:
+    compact = compacts(adapter)
     for layer in range(adapter.n_enc_layers):
-        if not bool(track.active.any()):
+        n_active = int(track.active.sum())  # one host sync per layer
+        if n_active == 0:
             break
-        new = torch.where(track.active[:, None, None], adapter.encoder_layer(layer, h, mask, stream=stream), h)
+        rows = track.active.nonzero().squeeze(1) if compact and n_active < len(h) else None
+        new = torch.where(track.active[:, None, None], _layer_on(adapter, layer, h, mask, None, rows, stream), h)
         track.observe(layer, stream_similarity(new, h, mask))
         h = new
     return h
@@ -67,19 +82,22 @@ def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: Str
     is_img = torch.zeros_like(key_mask)
     is_img[:, : streams.image.shape[1]] = True
     n_img = streams.image.shape[1]
+    compact = compacts(adapter)
     for layer in range(adapter.n_enc_layers):
-        img_on, txt_on = torch.stack([img.active.any(), txt.active.any()]).tolist()  # one host sync
-        if not (img_on or txt_on):
+        on = img.active | txt.active
+        img_on, txt_on, n_on = torch.stack([img.active.sum(), txt.active.sum(), on.sum()]).tolist()  # one sync
+        if n_on == 0:
             break
         # Once a modality has saturated for the whole batch, compute queries for the other one only.
         queries = None if img_on and txt_on else slice(0, n_img) if img_on else slice(n_img, None)
+        rows = on.nonzero().squeeze(1) if compact and n_on < len(on) else None
         update = (is_img & img.active[:, None]) | (~is_img & txt.active[:, None])
+        out = _layer_on(adapter, layer, h, key_mask, queries, rows)
         if queries is None:
-            new = torch.where(update[..., None], adapter.encoder_layer(layer, h, key_mask), h)
+            new = torch.where(update[..., None], out, h)
         else:
             new = h.clone()
-            new[:, queries] = torch.where(update[:, queries, None],
-                                          adapter.encoder_layer(layer, h, key_mask, queries), h[:, queries])
+            new[:, queries] = torch.where(update[:, queries, None], out, h[:, queries])
         img.observe(layer, stream_similarity(new, h, key_mask & is_img))
         txt.observe(layer, stream_similarity(new, h, key_mask & ~is_img))
         h = new
