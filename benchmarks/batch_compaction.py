@@ -7,10 +7,11 @@ prints their time. realization = measured speedup over the full model / ideal sp
 FLOPs / the point's FLOPs from the engine's analytic count.
 
 Models: the shipped mue-tiny on shapes test captions at demo thresholds, and `wide`, a random-weights
-mue-tiny at width 768 (compute-bound on CPU, like a real model), with thresholds at the median observed
-similarities so that rows exit at different layers.
+mue-tiny at width 768 (compute-bound on CPU, like a real model), and random transformers models such as
+`florence2-large`, with thresholds at the median observed similarities. Random weights make exits nearly
+uniform across samples, so only the shipped model shows what varied exits cost.
 
-    .venv/bin/python benchmarks/batch_compaction.py [--batches 8,32] [--repeats 5]
+    .venv/bin/python benchmarks/batch_compaction.py [--models mue-tiny,wide,florence2-large] [--batches 8,32]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from mue_bench.data.loaders import load_karpathy
 from mue_bench.data.shapes import ensure
+from mue_bench.models.random_hf import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny import TinyConfig, TinyOFA
 from mue_bench.models.tiny_adapter import TinyAdapter
@@ -60,11 +62,14 @@ def _median_point(adapter, batch, decoding) -> tuple[float, float, float]:
 
 @torch.no_grad()
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> list[dict]:
-    adapter = _adapter(name)
+    if name in ("mue-tiny", "wide"):
+        adapter = _adapter(name)
+        root = ensure(Path("data/shapes"), 0)
+        batch = adapter.prepare(load_karpathy(root / "dataset_coco.json", root, "test")[:batch_size])
+    else:  # a transformers model with random weights, e.g. florence2-large (T5Gemma 2 does not compact)
+        adapter, batch = random_hf_model(name, batch_size)
     adapter.model.to(device)
-    root = ensure(Path("data/shapes"), 0)
-    samples = load_karpathy(root / "dataset_coco.json", root, "test")[:batch_size]
-    batch = adapter.prepare(samples).to(device)
+    batch = batch.to(device)
     decoding = adapter.decoding(max_len=max_len, no_repeat_ngram=3)
     points = DEMO_POINTS if name == "mue-tiny" else [_median_point(adapter, batch, decoding)]
     full = ExitConfig(encoder_mode="freeze")
@@ -108,12 +113,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device {device_name(device)}; freeze mode, greedy, {args.max_len} tokens; median of {args.repeats}")
-    print(f"{'model':<10}{'batch':>6}  {'tau img/txt/dec':<20}{'ideal x':>8}{'full s':>9}"
+    print(f"{'model':<16}{'batch':>6}  {'tau img/txt/dec':<20}{'ideal x':>8}{'full s':>9}"
           f"{'masked x':>10}{'realiz.':>9}{'compact x':>11}{'realiz.':>9}")
     for model in args.models.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             for r in measure(model, b, args.max_len, args.repeats, device):
-                print(f"{r['model']:<10}{r['batch']:>6}  {r['tau']:<20}{r['ideal']:>8.2f}{r['full_s']:>9.3f}"
+                print(f"{r['model']:<16}{r['batch']:>6}  {r['tau']:<20}{r['ideal']:>8.2f}{r['full_s']:>9.3f}"
                       f"{r['masked_x']:>10.2f}{r['masked_realization']:>9.2f}{r['compacted_x']:>11.2f}"
                       f"{r['compacted_realization']:>9.2f}", flush=True)
 

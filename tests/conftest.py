@@ -66,3 +66,26 @@ def random_checkpoint(tmp_path_factory, shapes_root) -> Path:
     model.save(out)
     tok.save(out / "tokenizer.json")
     return out
+
+
+class RowCounter:
+    """Counts the rows each layer call computes, around an adapter's own methods (its decoder_layer_rows
+    calls decoder_layer on the rows)."""
+
+    def __init__(self, adapter):
+        self.rows = 0
+        enc, dec = adapter.encoder_layer, adapter.decoder_layer
+
+        def encoder_layer(layer, h, *a, **kw):
+            self.rows += h.shape[0]
+            return enc(layer, h, *a, **kw)
+
+        def decoder_layer(layer, h, *a, **kw):
+            self.rows += h.shape[0]
+            return dec(layer, h, *a, **kw)
+
+        self.adapter = adapter
+        adapter.encoder_layer, adapter.decoder_layer = encoder_layer, decoder_layer
+
+    def restore(self) -> None:
+        del self.adapter.encoder_layer, self.adapter.decoder_layer  # the class's methods again

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mue_bench.mue import ExitConfig, run_batch
-from tests.conftest import padded_batch, random_tiny
+from tests.conftest import RowCounter, padded_batch, random_tiny
 
 
 def _median_thresholds(adapter, batch, mode):
@@ -36,25 +36,6 @@ def test_batch_exits_equal_single_sample_exits(attention, mode, fill, beams):
     assert min(dec_layers) < 6 and max(dec_layers) == 6 or len(set(dec_layers)) > 1
 
 
-class _RowCounter:
-    """Counts the rows each layer call computes, around an adapter's own methods (its decoder_layer_rows
-    calls decoder_layer on the rows)."""
-
-    def __init__(self, adapter):
-        self.rows = 0
-        enc, dec = adapter.encoder_layer, adapter.decoder_layer
-
-        def encoder_layer(layer, h, *a, **kw):
-            self.rows += h.shape[0]
-            return enc(layer, h, *a, **kw)
-
-        def decoder_layer(layer, h, *a, **kw):
-            self.rows += h.shape[0]
-            return dec(layer, h, *a, **kw)
-
-        adapter.encoder_layer, adapter.decoder_layer = encoder_layer, decoder_layer
-
-
 @pytest.mark.parametrize("attention,mode", [("split", "split"), ("joint", "freeze")])
 @pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
 @pytest.mark.parametrize("beams", [1, 2])
@@ -64,7 +45,7 @@ def test_batch_compaction_computes_only_active_rows_and_changes_no_result(attent
     img, txt, dec = _median_thresholds(adapter, batch, mode)
     cfg = ExitConfig(img, txt, dec, encoder_mode=mode, kv_fill=fill)
     decoding = adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
-    counter = _RowCounter(adapter)
+    counter = RowCounter(adapter)
     compacted = run_batch(adapter, batch, cfg, decoding).samples
     compacted_rows, counter.rows = counter.rows, 0
     adapter.row_subsets = False  # every layer on the whole batch, exited rows masked

@@ -10,8 +10,10 @@ import torch
 
 from mue_bench.models import florence2, t5gemma2
 from mue_bench.models.hf_base import HFBatch
+from mue_bench.mue.adapter import compacts
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch, run_model
+from tests.conftest import RowCounter
 
 N_SAMPLES = 3  # a right-padded batch of three
 
@@ -95,6 +97,31 @@ def test_exits_in_a_padded_batch_equal_exits_alone(adapter, batch, mode, kv_fill
         alone = run_batch(adapter, _row(batch, b), cfg, decoding).samples[0]
         assert (s.tokens, s.enc_img_layers, s.enc_txt_layers, s.dec_layers) == \
             (alone.tokens, alone.enc_img_layers, alone.enc_txt_layers, alone.dec_layers)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "split"])
+@pytest.mark.parametrize("kv_fill", ["copy", "propagate", "official"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_batch_compaction_computes_fewer_rows_and_changes_no_result(family_adapter, mode, kv_fill, beams):
+    """Florence-2 runs each layer on the rows still active only; T5Gemma 2 (positions and masks held per
+    batch) runs exited rows masked."""
+    family, adapter, batch = family_adapter
+    assert compacts(adapter) == (family == "florence2")
+    cfg = _median_thresholds(adapter, batch, mode, kv_fill=kv_fill)
+    decoding = adapter.decoding(num_beams=beams, max_len=12)
+    counter = RowCounter(adapter)
+    try:
+        compacted = run_batch(adapter, batch, cfg, decoding).samples
+        compacted_rows, counter.rows = counter.rows, 0
+        adapter.row_subsets = False
+        masked = run_batch(adapter, batch, cfg, decoding).samples
+    finally:  # the adapter is shared by the module's tests
+        counter.restore()
+        vars(adapter).pop("row_subsets", None)
+    assert (compacted_rows < counter.rows) == (family == "florence2")
+    for c, m in zip(compacted, masked):
+        assert (c.tokens, c.enc_img_layers, c.enc_txt_layers, c.dec_layers, c.flops) == \
+            (m.tokens, m.enc_img_layers, m.enc_txt_layers, m.dec_layers, m.flops)
 
 
 @pytest.mark.parametrize("kv_fill", ["copy", "propagate", "official"])

@@ -25,6 +25,7 @@ CAPTION_PROMPT = "<CAPTION>"
 
 class Florence2Adapter(HFAdapterBase):
     family = "florence2"
+    row_subsets = True  # layers are pure per row given masks and cache: the engine compacts batches
     model_class = "Florence2ForConditionalGeneration"
     pixel_std = 0.25
 
@@ -139,20 +140,35 @@ class Florence2Adapter(HFAdapterBase):
         h = embeds + self.decoder.embed_positions(tokens[:, None], step, position_ids=positions).to(embeds.device)
         return self.decoder.layernorm_embedding(h)[:, 0]
 
+    def _step_masks(self, layer: int, x: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor):
+        """(self-attention mask, cross-attention mask) for all rows of the batch at this step."""
+        if layer == 0:  # every layer holds `step` positions before layer 0 appends: the step's causal mask
+            rows = enc_mask.shape[0]
+            self._self_mask = create_causal_mask(
+                config=self.text_config, inputs_embeds=x.new_zeros(rows, 1, x.shape[-1]),
+                attention_mask=torch.ones(rows, cache.length(0) + 1, device=x.device, dtype=torch.long),
+                past_key_values=cache.hf.self_attention_cache)
+        cross_mask = self._memoised(("cross", enc_mask.shape[0]), enc_mask, lambda: create_bidirectional_mask(
+            config=self.text_config, inputs_embeds=x, attention_mask=enc_mask,
+            encoder_hidden_states=self._enc_out))
+        return self._self_mask, cross_mask
+
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
         x = h[:, None]
-        if layer == 0:  # every layer holds `step` positions before layer 0 appends: the step's causal mask
-            past = cache.length(0)
-            self._self_mask = create_causal_mask(
-                config=self.text_config, inputs_embeds=x,
-                attention_mask=torch.ones(x.shape[0], past + 1, device=x.device, dtype=torch.long),
-                past_key_values=cache.hf.self_attention_cache)
-        cross_mask = self._memoised(("cross", x.shape[0]), enc_mask, lambda: create_bidirectional_mask(
-            config=self.text_config, inputs_embeds=x, attention_mask=enc_mask,
-            encoder_hidden_states=self._enc_out))
-        out = self.decoder.layers[layer](x, self._self_mask, self._enc_out, encoder_attention_mask=cross_mask,
+        self_mask, cross_mask = self._step_masks(layer, x, cache, enc_mask)
+        out = self.decoder.layers[layer](x, self_mask, self._enc_out, encoder_attention_mask=cross_mask,
                                          past_key_values=cache.hf, use_cache=True)
+        return out[:, 0]
+
+    def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: HFKVCache,
+                           enc_mask: torch.Tensor) -> torch.Tensor:
+        x = h[:, None]
+        self_mask, cross_mask = (None if m is None else m[rows] for m in self._step_masks(layer, x, cache, enc_mask))
+        sub = cache.rows(layer, rows)
+        out = self.decoder.layers[layer](x, self_mask, self._enc_out[rows], encoder_attention_mask=cross_mask,
+                                         past_key_values=sub.hf, use_cache=True)
+        cache.append_rows(layer, rows, sub)
         return out[:, 0]
 
     def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:

@@ -8,6 +8,7 @@ except under `official`, whose whole-buffer copies need both buffers to exist.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -65,3 +66,28 @@ class HFKVCache:
 
     def length(self, layer: int) -> int:
         return self.hf.self_attention_cache.get_seq_length(layer)
+
+    def rows(self, layer: int, index: torch.Tensor) -> HFKVCache:
+        """A cache whose layer `layer` holds rows `index` only (self- and cross-attention), to run that layer on
+        those rows; the model's attention appends to it as usual. Other layers are this cache's, untouched."""
+        sub = copy.copy(self)
+        caches = []
+        for cache, entry in ((self.hf.self_attention_cache, self._self[layer]),
+                             (self.hf.cross_attention_cache, self._cross(layer))):
+            view = copy.copy(cache)
+            view.layers = list(cache.layers)
+            view.layers[layer] = part = copy.copy(entry)
+            if getattr(entry, "keys", None) is not None and entry.keys.numel():
+                part.keys, part.values = entry.keys[index], entry.values[index]
+            caches.append(view)
+        sub.hf = EncoderDecoderCache(*caches)
+        sub.hf.is_updated[layer] = True
+        return sub
+
+    def append_rows(self, layer: int, index: torch.Tensor, sub: HFKVCache) -> None:
+        """Append this step's slot of layer `layer`: `sub`'s new slot for rows `index`, zeros elsewhere."""
+        sk, sv = sub.slot(layer)
+        rows = self._cross(layer).keys.shape[0]
+        k, v = sk.new_zeros((rows, *sk.shape[1:])), sv.new_zeros((rows, *sv.shape[1:]))
+        k[index], v[index] = sk, sv
+        self.append(layer, k, v)
