@@ -16,15 +16,19 @@ def _median_thresholds(adapter, batch, mode):
     return float(img), float(txt), float(dec)
 
 
+def _case(attention: str, mode: str, fill: str, beams: int):
+    """A random model, a padded batch of 3, median thresholds (so exits vary) and the decoding to use."""
+    adapter = random_tiny(attention, seed=1)
+    batch = padded_batch(seed=1)
+    cfg = ExitConfig(*_median_thresholds(adapter, batch, mode), encoder_mode=mode, kv_fill=fill)
+    return adapter, batch, cfg, adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
+
+
 @pytest.mark.parametrize("attention,mode", [("split", "split"), ("joint", "freeze"), ("split", "freeze")])
 @pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
 @pytest.mark.parametrize("beams", [1, 2])
 def test_batch_exits_equal_single_sample_exits(attention, mode, fill, beams):
-    adapter = random_tiny(attention, seed=1)
-    batch = padded_batch(seed=1)
-    img, txt, dec = _median_thresholds(adapter, batch, mode)
-    cfg = ExitConfig(img, txt, dec, encoder_mode=mode, kv_fill=fill)
-    decoding = adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
+    adapter, batch, cfg, decoding = _case(attention, mode, fill, beams)
     together = run_batch(adapter, batch, cfg, decoding).samples
     alone = [run_batch(adapter, batch.select([i]), cfg, decoding).samples[0] for i in range(3)]
     for t, a in zip(together, alone):
@@ -40,11 +44,7 @@ def test_batch_exits_equal_single_sample_exits(attention, mode, fill, beams):
 @pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
 @pytest.mark.parametrize("beams", [1, 2])
 def test_batch_compaction_computes_only_active_rows_and_changes_no_result(attention, mode, fill, beams):
-    adapter = random_tiny(attention, seed=1)
-    batch = padded_batch(seed=1)
-    img, txt, dec = _median_thresholds(adapter, batch, mode)
-    cfg = ExitConfig(img, txt, dec, encoder_mode=mode, kv_fill=fill)
-    decoding = adapter.decoding(num_beams=beams, max_len=10, no_repeat_ngram=3)
+    adapter, batch, cfg, decoding = _case(attention, mode, fill, beams)
     counter = RowCounter(adapter)
     compacted = run_batch(adapter, batch, cfg, decoding).samples
     compacted_rows, counter.rows = counter.rows, 0
