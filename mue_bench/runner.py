@@ -76,7 +76,7 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
     the first `timing.batches` when `reuse` is given) run in full: outputs of the first pass, median batch
     times. The rest come from `reuse`, with no latency."""
     decoding = adapter.decoding(**spec.decoding.model_dump())
-    n_timed = len(batches) if reuse is None else min(spec.timing.batches or len(batches), len(batches))
+    n_timed = len(batches) if reuse is None else _n_timed(spec, batches)
     executions = 0
     for _ in range(spec.timing.warmup):
         for batch in batches[:1]:
@@ -124,8 +124,13 @@ def warm_up(adapter, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
     executions it took."""
     decoding = adapter.decoding(**spec.decoding.model_dump())
     cfg = ExitConfig(encoder_mode=encoder_mode)
-    n_timed = min(spec.timing.batches or len(batches), len(batches))
-    return sum(_executions(collect(adapter, run_model(adapter, b, cfg, decoding), cfg)) for b in batches[:n_timed])
+    return sum(_executions(collect(adapter, run_model(adapter, b, cfg, decoding), cfg))
+               for b in batches[:_n_timed(spec, batches)])
+
+
+def _n_timed(spec: SweepSpec, batches: list) -> int:
+    """How many batches of every point are run in full and timed (the rest come from grid reuse)."""
+    return min(spec.timing.batches or len(batches), len(batches))
 
 
 def _executions(result) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from mue_bench.mue.cache import KV
+from mue_bench.mue.cache import KV, slot_for_all_rows
 
 CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/V of the encoder output
 
@@ -86,8 +86,4 @@ class HFKVCache:
 
     def append_rows(self, layer: int, index: torch.Tensor, sub: HFKVCache) -> None:
         """Append this step's slot of layer `layer`: `sub`'s new slot for rows `index`, zeros elsewhere."""
-        sk, sv = sub.slot(layer)
-        rows = self._cross(layer).keys.shape[0]
-        k, v = sk.new_zeros((rows, *sk.shape[1:])), sv.new_zeros((rows, *sv.shape[1:]))
-        k[index], v[index] = sk, sv
-        self.append(layer, k, v)
+        self.append(layer, *slot_for_all_rows(sub.slot(layer), index, self._cross(layer).keys.shape[0]))

@@ -15,6 +15,14 @@ import torch
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
+def slot_for_all_rows(slot: KV, index: torch.Tensor, n_rows: int) -> KV:
+    """A step's K/V slot for all `n_rows` rows from one computed for rows `index` only: zeros elsewhere, for
+    the engine to fill (batch compaction)."""
+    k, v = (t.new_zeros((n_rows, *t.shape[1:])) for t in slot)
+    k[index], v[index] = slot
+    return k, v
+
+
 class KVCache(Protocol):
     def past(self, layer: int) -> KV | None: ...
     def slot(self, layer: int) -> KV: ...
@@ -84,8 +92,4 @@ class TensorKVCache:
 
     def append_rows(self, layer: int, index: torch.Tensor, sub: TensorKVCache) -> None:
         """Append this step's slot of layer `layer`: `sub`'s new slot for rows `index`, zeros elsewhere."""
-        sk, sv = sub.slot(layer)
-        rows = len(self.cross[layer][0])
-        k, v = sk.new_zeros((rows, *sk.shape[1:])), sv.new_zeros((rows, *sv.shape[1:]))
-        k[index], v[index] = sk, sv
-        self.append(layer, k, v)
+        self.append(layer, *slot_for_all_rows(sub.slot(layer), index, len(self.cross[layer][0])))
