@@ -8,8 +8,8 @@ FLOPs / the point's FLOPs from the engine's analytic count.
 
 Models: the shipped mue-tiny on shapes test captions at demo thresholds, and `wide`, a random-weights
 mue-tiny at width 768 (compute-bound on CPU, like a real model), and random transformers models such as
-`florence2-large`, with thresholds at the median observed similarities. Random weights make exits nearly
-uniform across samples, so only the shipped model shows what varied exits cost.
+`florence2-large` or `t5gemma2-270m`, with thresholds at the median observed similarities. Random weights
+make exits nearly uniform across samples, so only the shipped model shows what varied exits cost.
 
     .venv/bin/python benchmarks/batch_compaction.py [--models mue-tiny,wide,florence2-large] [--batches 8,32]
 """
@@ -66,7 +66,7 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
         adapter = _adapter(name)
         root = ensure(Path("data/shapes"), 0)
         batch = adapter.prepare(load_karpathy(root / "dataset_coco.json", root, "test")[:batch_size])
-    else:  # a transformers model with random weights, e.g. florence2-large (T5Gemma 2 does not compact)
+    else:  # a transformers model with random weights, e.g. florence2-large or t5gemma2-270m
         adapter, batch = random_hf_model(name, batch_size)
     adapter.model.to(device)
     batch = batch.to(device)

@@ -69,23 +69,28 @@ def random_checkpoint(tmp_path_factory, shapes_root) -> Path:
 
 
 class RowCounter:
-    """Counts the rows each layer call computes, around an adapter's own methods (its decoder_layer_rows
-    calls decoder_layer on the rows)."""
+    """Counts the rows that the engine's layer calls compute, around an adapter's own methods (only the
+    outermost call counts: mue-tiny's decoder_layer_rows calls its decoder_layer)."""
+
+    METHODS = ("encoder_layer", "encoder_layer_rows", "decoder_layer", "decoder_layer_rows")
 
     def __init__(self, adapter):
-        self.rows = 0
-        enc, dec = adapter.encoder_layer, adapter.decoder_layer
+        self.rows, self.adapter, self._depth = 0, adapter, 0
+        self._wrapped = [name for name in self.METHODS if hasattr(adapter, name)]
+        for name in self._wrapped:
+            setattr(adapter, name, self._counting(getattr(adapter, name)))
 
-        def encoder_layer(layer, h, *a, **kw):
-            self.rows += h.shape[0]
-            return enc(layer, h, *a, **kw)
-
-        def decoder_layer(layer, h, *a, **kw):
-            self.rows += h.shape[0]
-            return dec(layer, h, *a, **kw)
-
-        self.adapter = adapter
-        adapter.encoder_layer, adapter.decoder_layer = encoder_layer, decoder_layer
+    def _counting(self, method):
+        def call(layer, h, *args, **kwargs):
+            if self._depth == 0:
+                self.rows += h.shape[0]
+            self._depth += 1
+            try:
+                return method(layer, h, *args, **kwargs)
+            finally:
+                self._depth -= 1
+        return call
 
     def restore(self) -> None:
-        del self.adapter.encoder_layer, self.adapter.decoder_layer  # the class's methods again
+        for name in self._wrapped:
+            delattr(self.adapter, name)  # the class's methods again

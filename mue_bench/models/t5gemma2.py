@@ -40,6 +40,7 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 class T5Gemma2Adapter(HFAdapterBase):
     family = "t5gemma2"
     model_class = "T5Gemma2ForConditionalGeneration"
+    row_subsets = True  # positions and masks are gathered per row: the engine compacts batches
 
     def __init__(self, model, processor=None):
         super().__init__(model, processor)
@@ -140,6 +141,18 @@ class T5Gemma2Adapter(HFAdapterBase):
         kind = self.enc_config.layer_types[layer]
         rope = self._memoised(("rope", stream, kind), pos, lambda: self.text_encoder.rotary_emb(h, pos, kind))
         mask = self._memoised(("mask", stream, kind), key_mask, lambda: self._encoder_mask(h, key_mask, pos, kind))
+        return self._run_encoder_layer(layer, h, rope, mask, pos, queries)
+
+    def encoder_layer_rows(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, rows: torch.Tensor,
+                           queries: slice | None = None, stream: str = "joint") -> torch.Tensor:
+        """`encoder_layer` on batch rows `rows` only (batch compaction), with those rows' own positions."""
+        pos = self._positions[stream][rows]
+        kind = self.enc_config.layer_types[layer]
+        rope = self.text_encoder.rotary_emb(h, pos, kind)
+        return self._run_encoder_layer(layer, h, rope, self._encoder_mask(h, key_mask, pos, kind), pos, queries)
+
+    def _run_encoder_layer(self, layer: int, h: torch.Tensor, rope, mask, pos: torch.Tensor,
+                           queries: slice | None) -> torch.Tensor:
         module = self.text_encoder.layers[layer]
         if queries is None:
             return module(h, rope, mask, pos)
@@ -169,15 +182,31 @@ class T5Gemma2Adapter(HFAdapterBase):
 
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
-        x = h[:, None]
         if layer == 0:  # every layer holds `step` positions before layer 0 appends: build the step's inputs
-            self._step_inputs(x, cache, enc_mask)
+            self._step_inputs(h, cache, enc_mask)
+        mask = self._merged_mask[self.dec_config.layer_types[layer]]
+        return self._run_decoder_layer(layer, h, mask, cache, self._enc_out)
+
+    def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: HFKVCache,
+                           enc_mask: torch.Tensor) -> torch.Tensor:
+        if layer == 0:  # the step's masks are built for the whole batch, then indexed by row
+            self._step_inputs(h.new_zeros(enc_mask.shape[0], h.shape[-1]), cache, enc_mask)
+        mask = self._merged_mask[self.dec_config.layer_types[layer]][rows]
+        sub = cache.rows(layer, rows)
+        out = self._run_decoder_layer(layer, h, mask, sub, self._enc_out[rows])
+        cache.append_rows(layer, rows, sub)
+        return out
+
+    def _run_decoder_layer(self, layer: int, h: torch.Tensor, mask: torch.Tensor, cache: HFKVCache,
+                           enc_out: torch.Tensor) -> torch.Tensor:
         kind = self.dec_config.layer_types[layer]
-        out = self.decoder.layers[layer](x, self._rope[kind], self._merged_mask[kind], self._pos,
-                                         past_key_values=cache.hf, use_cache=True, encoder_hidden_states=self._enc_out)
+        out = self.decoder.layers[layer](h[:, None], self._rope[kind], mask, self._pos, past_key_values=cache.hf,
+                                         use_cache=True, encoder_hidden_states=enc_out)
         return out[:, 0]
 
-    def _step_inputs(self, x: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor) -> None:
+    def _step_inputs(self, h: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor) -> None:
+        """Positions, rotary tables and merged self+cross masks of this step, for all B rows of h [B, D]."""
+        x = h[:, None]
         self._pos = torch.full((1, 1), cache.length(0), device=x.device, dtype=torch.long)
         kinds = set(self.dec_config.layer_types)
         self._rope = {k: self.decoder.rotary_emb(x, self._pos, k) for k in kinds}

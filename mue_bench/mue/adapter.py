@@ -67,11 +67,15 @@ class ExitAdapter(Protocol):
 def compacts(adapter: ExitAdapter) -> bool:
     """Whether the engine may run a layer on a subset of a batch's rows (batch compaction: rows that exited
     cost nothing). An adapter opts in with `row_subsets = True`, promising that `encoder_layer` works on any
-    subset of rows given with their masks (no per-batch state) and providing `decoder_layer_rows`:
+    subset of rows given with their masks and providing `decoder_layer_rows`:
 
         decoder_layer_rows(layer, h, rows, cache, enc_mask) -> [len(rows), D]
             Decoder layer `layer` on the states `h` of batch rows `rows` only; appends a slot for every row of
             the cache, with this step's K/V for `rows` (the engine fills the others' slots).
+
+    An adapter that holds per-batch state for the encoder (T5Gemma 2's positions) also provides
+    `encoder_layer_rows(layer, h, key_mask, rows, queries, stream)`, told which batch rows h holds;
+    otherwise `encoder_layer` is called on the subset as it is.
     """
     return bool(getattr(adapter, "row_subsets", False))
 
