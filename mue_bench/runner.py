@@ -1,7 +1,8 @@
 """Running a sweep: load once, evaluate every grid point, score the whole grid at once, write records.
 
 Shape: the model and the data are loaded once and every input is pre-processed before any timing.
-Each point is warmed up, then timed over `repeats` passes of model work only; its per-sample rows are
+Each point is warmed up, then timed over `repeats` passes of model work only (the full model, the shared
+reference of every time saving, over at least `reference_repeats`); its per-sample rows are
 written as soon as it finishes, so an interrupted sweep loses at most the point in flight. Scoring
 happens once at the end for all points (one Java process for tokenizing, one for METEOR).
 """
@@ -84,7 +85,7 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
     reset_peak_memory(device)
     times: list[list[float]] = [[] for _ in batches[:n_timed]]
     results = []
-    for rep in range(spec.timing.repeats):
+    for rep in range(_repeats(spec, cfg)):
         for i, batch in enumerate(batches[:n_timed]):
             raw, secs = timed(lambda b=batch: run_model(adapter, b, cfg, decoding), device)
             times[i].append(secs)
@@ -131,6 +132,10 @@ def warm_up(adapter, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
 def _n_timed(spec: SweepSpec, batches: list) -> int:
     """How many batches of every point are run in full and timed (the rest come from grid reuse)."""
     return min(spec.timing.batches or len(batches), len(batches))
+
+
+def _repeats(spec: SweepSpec, cfg: ExitConfig) -> int:
+    return max(spec.timing.repeats, spec.timing.reference_repeats) if cfg.is_full else spec.timing.repeats
 
 
 def _executions(result) -> int:

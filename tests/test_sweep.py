@@ -145,6 +145,34 @@ def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_f
     assert calls == []
 
 
+def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times(spec_path, monkeypatch):
+    from mue_bench import runner
+
+    timed_points: list[str] = []  # the point of every timed model run
+    current: dict = {}
+    real_run, real_timed = runner.run_model, runner.timed
+
+    def run_model(adapter, batch, cfg, decoding):
+        current["cfg"] = cfg
+        return real_run(adapter, batch, cfg, decoding)
+
+    def timed(fn, device):
+        result = real_timed(fn, device)  # fn calls run_model
+        timed_points.append(runner.point_id(current["cfg"]))
+        return result
+
+    monkeypatch.setattr(runner, "run_model", run_model)
+    monkeypatch.setattr(runner, "timed", timed)
+    spec = load_spec(spec_path)
+    spec = spec.model_copy(update={"timing": spec.timing.model_copy(update={"repeats": 2, "reference_repeats": 5})})
+    out = run_sweep(spec, SweepOptions(meteor=False))
+    batches = 2  # 4 samples at batch size 2
+    counts = {pid: timed_points.count(pid) for pid in out.points["point_id"]}
+    full = out.points.loc[out.points["is_full"], "point_id"].item()
+    assert counts.pop(full) == 5 * batches
+    assert set(counts.values()) == {2 * batches}
+
+
 def _comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).sort_values("point_id").reset_index(drop=True)
 
