@@ -111,11 +111,11 @@ def test_rerun_reuses_every_finished_point(spec_path):
     assert sorted(fresh.computed) == sorted(first.computed)
 
 
-def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_first_timed_point(
-        spec_path, monkeypatch):
+def _record_model_runs(monkeypatch) -> list[tuple[str, bool]]:
+    """Every model run of a sweep, in order: (point id of its config, whether it ran inside a timed region)."""
     from mue_bench import runner
 
-    calls: list[tuple[str, bool]] = []  # (point id of the config, inside a timed region)
+    calls: list[tuple[str, bool]] = []
     timing = {"on": False}
     real_run, real_timed = runner.run_model, runner.timed
 
@@ -132,8 +132,17 @@ def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_f
 
     monkeypatch.setattr(runner, "run_model", run_model)
     monkeypatch.setattr(runner, "timed", timed)
-    spec = load_spec(spec_path)
-    spec = spec.model_copy(update={"timing": spec.timing.model_copy(update={"warmup": 1})})
+    return calls
+
+
+def _with_timing(spec, **timing):
+    return spec.model_copy(update={"timing": spec.timing.model_copy(update=timing)})
+
+
+def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_first_timed_point(
+        spec_path, monkeypatch):
+    calls = _record_model_runs(monkeypatch)
+    spec = _with_timing(load_spec(spec_path), warmup=1)
     out = run_sweep(spec, SweepOptions(meteor=False))
     first_timed = next(i for i, (_, on) in enumerate(calls) if on)
     full = out.points.loc[out.points["is_full"], "point_id"].item()
@@ -146,26 +155,10 @@ def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_f
 
 
 def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times(spec_path, monkeypatch):
-    from mue_bench import runner
-
-    timed_points: list[str] = []  # the point of every timed model run
-    current: dict = {}
-    real_run, real_timed = runner.run_model, runner.timed
-
-    def run_model(adapter, batch, cfg, decoding):
-        current["cfg"] = cfg
-        return real_run(adapter, batch, cfg, decoding)
-
-    def timed(fn, device):
-        result = real_timed(fn, device)  # fn calls run_model
-        timed_points.append(runner.point_id(current["cfg"]))
-        return result
-
-    monkeypatch.setattr(runner, "run_model", run_model)
-    monkeypatch.setattr(runner, "timed", timed)
-    spec = load_spec(spec_path)
-    spec = spec.model_copy(update={"timing": spec.timing.model_copy(update={"repeats": 2, "reference_repeats": 5})})
+    calls = _record_model_runs(monkeypatch)
+    spec = _with_timing(load_spec(spec_path), repeats=2, reference_repeats=5)
     out = run_sweep(spec, SweepOptions(meteor=False))
+    timed_points = [pid for pid, on in calls if on]
     batches = 2  # 4 samples at batch size 2
     counts = {pid: timed_points.count(pid) for pid in out.points["point_id"]}
     full = out.points.loc[out.points["is_full"], "point_id"].item()
