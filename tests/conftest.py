@@ -18,6 +18,14 @@ from mue_bench.train import training_samples
 TINY_SIZES = {"train": 24, "val": 8, "test": 8}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep what the library caches (METEOR's cut paraphrase tables) out of the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUE_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def randomise(model: TinyOFA, std: float = 0.5) -> TinyOFA:
     """Wide random weights and identity norms: with the tied head, default init just repeats the
     input token, which would make exactness tests pass vacuously."""
