@@ -117,7 +117,9 @@ def meteor_process(enabled: bool = True, paraphrases: Path | None = None) -> Ite
 
 def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: Any = None,
                     ) -> dict[str, dict[str, float | np.ndarray]]:
-    """{point: {metric: corpus score, metric + "_per_sample": [n]}}; METEOR from `meteor_process()` if given.
+    """{point: {metric: corpus score, metric + "_per_sample": [n]}}; METEOR from `meteor_process()` if given,
+    or from a function that starts one, which is then called in the worker thread (starting METEOR
+    overlaps the other metrics).
 
     Corpus scores are pycocoevalcap's own (CIDEr-D is the mean of its per-sample scores; BLEU-4 and
     METEOR aggregate n-gram / alignment statistics, so they are recomputed from the stored predictions).
@@ -135,7 +137,8 @@ def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: Any
         return {name: float(corpus), name + "_per_sample": np.asarray(per_sample, float)}
 
     def all_meteor() -> dict[str, dict[str, float | np.ndarray]]:
-        return {point: per_metric("meteor", meteor, res) for point, res in res_by_point.items()}
+        scorer = meteor() if callable(meteor) else meteor
+        return {point: per_metric("meteor", scorer, res) for point, res in res_by_point.items()}
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         meteor_scores = pool.submit(all_meteor) if meteor is not None else None
@@ -155,9 +158,12 @@ def score_grid(predictions: Mapping[str, Sequence[str]], references: Sequence[Se
     """Tokenize and score several points' raw predictions: (gts, {point: res}, scores as score_tokenized).
     METEOR loads the paraphrase table cut to the tokenized references' words (see `meteor_table`)."""
     gts, res = tokenize_grid(predictions, references)
-    table = meteor_table.table_for(s for refs in gts.values() for s in refs) if meteor else None
-    with meteor_process(meteor, table) as scorer:
-        return gts, res, score_tokenized(gts, res, scorer)
+    with contextlib.ExitStack() as running:
+        def start_meteor() -> Any:
+            table = meteor_table.table_for(s for refs in gts.values() for s in refs)
+            return running.enter_context(meteor_process(True, table))
+
+        return gts, res, score_tokenized(gts, res, start_meteor if meteor else None)
 
 
 def caption_scores(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]],
