@@ -52,6 +52,11 @@ class TrainConfig(BaseModel):
     loss_weighting: Literal["token", "sample"] = "token"
     # A training config to run first; this one then continues from its weights (a second stage).
     continue_from: str | None = None
+    # Std of the text/decoder position and modality embeddings at init. None keeps PyTorch's N(0, 1), which
+    # the shipped checkpoint was trained with: rows ~10x the norm of the token embeddings (std 0.02), so
+    # the encoder sees mostly where a word is, not which. 0.02 (as GPT-2 and OFA) trains faster and
+    # grounds entailment better (benchmarks/RESULTS.md, stop 12).
+    embedding_std: float | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
@@ -118,6 +123,10 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
                                encoder_attention=cfg.encoder_attention)
         torch.manual_seed(cfg.seed)
         model = TinyOFA(model_cfg)
+        if cfg.embedding_std is not None:
+            with torch.no_grad():
+                for table in (model.text_pos, model.dec_pos, model.modality):
+                    table.weight.normal_(0.0, cfg.embedding_std)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     pixels = {p: load_pixels(p, model_cfg.image_size) for p in {s.image for s in samples}}

@@ -54,3 +54,13 @@ def test_a_second_stage_continues_from_its_first_stage_config(shapes_root, tmp_p
     assert stage1["steps"] == 3
     for (name, pa), pb in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
         assert torch.equal(pa, pb), name  # retraining stage 1 and loading it give the same stage 2
+
+
+def test_embedding_std_sets_the_position_and_modality_embeddings_and_nothing_else(shapes_root):
+    small = dict(data_root=str(shapes_root), steps=1, lr=1e-9, batch_size=4, d_model=32, n_heads=2, d_ff=64)
+    default = train(TrainConfig(**small), None, log=lambda _: None)["model"]
+    scaled = train(TrainConfig(embedding_std=0.02, **small), None, log=lambda _: None)["model"]
+    for name in ("text_pos", "dec_pos", "modality"):
+        assert 0.5 < getattr(default, name).weight.std() < 2  # PyTorch's N(0, 1): the shipped recipe
+        assert 0.01 < getattr(scaled, name).weight.std() < 0.04
+    assert torch.allclose(default.tok_embed.weight, scaled.tok_embed.weight, atol=1e-6)
