@@ -97,9 +97,12 @@ def table_for(references: Iterable[str], source: Path | None = None) -> Path:
     """The cut table for these references, made on first use and cached under `cache_dir()`."""
     source = source or full_table()
     vocab = vocabulary(references)
-    stat = source.stat()
-    key = hashlib.sha256("\n".join([str(FORMAT_VERSION), str(source.resolve()), str(stat.st_size),
-                                    str(stat.st_mtime_ns), *sorted(vocab)]).encode()).hexdigest()[:20]
+    # The table is named by its size and first MiB, not its path or mtime: every environment installed from
+    # the same pycocoevalcap shares one cut.
+    with open(source, "rb") as f:
+        head = hashlib.sha256(f.read(1 << 20)).hexdigest()
+    key = hashlib.sha256("\n".join([str(FORMAT_VERSION), str(source.stat().st_size), head,
+                                    *sorted(vocab)]).encode()).hexdigest()[:20]
     dest = cache_dir() / "meteor" / f"paraphrase-{key}.gz"
     if not dest.is_file():
         cut(source, dest, vocab)
