@@ -93,8 +93,9 @@ def cut(source: Path, dest: Path, vocab: frozenset[str]) -> int:
     return len(chunks)
 
 
-def table_for(references: Iterable[str], source: Path | None = None) -> Path:
-    """The cut table for these references, made on first use and cached under `cache_dir()`."""
+def table_for(references: Iterable[str], source: Path | None = None) -> Path | None:
+    """The cut table for these references, made on first use and cached under `cache_dir()`; None when the
+    cache cannot be written (a read-only home on a cluster), and METEOR then loads the full table."""
     source = source or full_table()
     vocab = vocabulary(references)
     # The table is named by its size and first MiB, not its path or mtime: every environment installed from
@@ -105,5 +106,8 @@ def table_for(references: Iterable[str], source: Path | None = None) -> Path:
                                     *sorted(vocab)]).encode()).hexdigest()[:20]
     dest = cache_dir() / "meteor" / f"paraphrase-{key}.gz"
     if not dest.is_file():
-        cut(source, dest, vocab)
+        try:
+            cut(source, dest, vocab)
+        except OSError:
+            return None
     return dest

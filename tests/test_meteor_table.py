@@ -77,3 +77,10 @@ def test_meteor_scores_with_the_cut_table_equal_the_full_tables(tmp_path, monkey
     # The paraphrases do score: without them the same captions align less.
     assert scores["none"]["p"]["meteor"] < scores["full"]["p"]["meteor"]
     assert scores["none"]["q"]["meteor_per_sample"][0] < scores["full"]["q"]["meteor_per_sample"][0]
+
+
+def test_an_unwritable_cache_falls_back_to_the_full_table(tmp_path, monkeypatch):
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("MUE_BENCH_CACHE", str(tmp_path / "not-a-dir"))
+    source = _write_table(tmp_path / "full.gz", [("next to", "close to")])
+    assert meteor_table.table_for(["a cat next to a dog"], source) is None
