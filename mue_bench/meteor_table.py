@@ -21,7 +21,8 @@ from pathlib import Path
 FORMAT_VERSION = 1
 # METEOR's -norm splits punctuation off words; every piece a token could become is kept, so the
 # vocabulary can only be too large (a few pairs kept for nothing), never too small.
-_PIECES = re.compile(r"\w+|[^\w\s]+|[^\w\s]")
+_PIECES = re.compile(r"\w+|[^\w\s]+")
+_MARKS = re.compile(r"[^\w\s]")
 
 
 def full_table() -> Path:
@@ -44,7 +45,8 @@ def vocabulary(sentences: Iterable[str]) -> frozenset[str]:
     for sentence in sentences:
         for token in sentence.lower().split():
             words.add(token)
-            words.update(_PIECES.findall(token))
+            words.update(_PIECES.findall(token))  # runs of word characters, runs of marks
+            words.update(_MARKS.findall(token))  # and each mark alone ("!" of "wow...!")
     return frozenset(words)
 
 
