@@ -53,9 +53,9 @@ class TrainConfig(BaseModel):
     # A training config to run first; this one then continues from its weights (a second stage).
     continue_from: str | None = None
     # Std of the text/decoder position and modality embeddings at init. None keeps PyTorch's N(0, 1), which
-    # the shipped checkpoint was trained with: rows ~10x the norm of the token embeddings (std 0.02), so
-    # the encoder sees mostly where a word is, not which. 0.02 (as GPT-2 and OFA) trains faster and
-    # grounds entailment better (benchmarks/RESULTS.md, stop 12).
+    # the v1 checkpoint was trained with: rows ~10x the norm of the token embeddings (std 0.02), so the
+    # encoder saw mostly where a word was, not which. 0.02 (as GPT-2 and OFA; the shipped recipe) trains
+    # faster and grounds entailment better (benchmarks/RESULTS.md, stops 12 and 13).
     embedding_std: float | None = None
 
     @classmethod

@@ -61,6 +61,6 @@ def test_embedding_std_sets_the_position_and_modality_embeddings_and_nothing_els
     default = train(TrainConfig(**small), None, log=lambda _: None)["model"]
     scaled = train(TrainConfig(embedding_std=0.02, **small), None, log=lambda _: None)["model"]
     for name in ("text_pos", "dec_pos", "modality"):
-        assert 0.5 < getattr(default, name).weight.std() < 2  # PyTorch's N(0, 1): the shipped recipe
+        assert 0.5 < getattr(default, name).weight.std() < 2  # PyTorch's N(0, 1): the v1 recipe
         assert 0.01 < getattr(scaled, name).weight.std() < 0.04
     assert torch.allclose(default.tok_embed.weight, scaled.tok_embed.weight, atol=1e-6)
