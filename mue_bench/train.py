@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     enc_layers: int = 6
     dec_layers: int = 6
     encoder_attention: Literal["split", "joint"] = "split"
+    stem_channels: int = Field(0, ge=0)  # see TinyConfig.stem_channels
     threads: int = 2
     entailment_fraction: float = 0.5
     # "token": cross-entropy averaged over all target tokens (captions dominate: ~10 tokens vs 1 label);
@@ -120,7 +121,7 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
         tok = WordTokenizer.build(texts)
         model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                                enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
-                               encoder_attention=cfg.encoder_attention)
+                               encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels)
         torch.manual_seed(cfg.seed)
         model = TinyOFA(model_cfg)
         if cfg.embedding_std is not None:

@@ -64,3 +64,14 @@ def test_embedding_std_sets_the_position_and_modality_embeddings_and_nothing_els
         assert 0.5 < getattr(default, name).weight.std() < 2  # PyTorch's N(0, 1): the v1 recipe
         assert 0.01 < getattr(scaled, name).weight.std() < 0.04
     assert torch.allclose(default.tok_embed.weight, scaled.tok_embed.weight, atol=1e-6)
+
+
+def test_stem_channels_build_a_stem_that_trains_and_is_saved(shapes_root, tmp_path):
+    from mue_bench.models.tiny import TinyOFA
+
+    cfg = TrainConfig(data_root=str(shapes_root), steps=2, batch_size=4, d_model=32, n_heads=2, d_ff=64,
+                      stem_channels=8)
+    frozen = train(cfg.model_copy(update={"lr": 1e-12}), None, log=lambda _: None)["model"].stem[0].weight
+    trained = train(cfg, tmp_path / "m", log=lambda _: None)["model"].stem[0].weight
+    assert not torch.allclose(frozen, trained, atol=1e-6)  # the optimiser updates the stem
+    assert TinyOFA.load(tmp_path / "m").cfg.stem_channels == 8

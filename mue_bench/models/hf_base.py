@@ -20,6 +20,7 @@ import torch
 from mue_bench.data.loaders import Sample
 from mue_bench.decoding import DecodingConfig
 from mue_bench.errors import MueBenchError
+from mue_bench.mue.cost import counted_flops
 
 MUE_BENCH_JSON = "mue_bench.json"  # saved with processor-less (random) models: how to build their inputs
 
@@ -228,14 +229,9 @@ class HFAdapterBase:
     def input_flops(self, batch: HFBatch) -> float:
         """FLOPs per sample of the vision tower and projector, which run in full at every grid point.
         Counted once per image shape with torch's FlopCounterMode (outside any timed region)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         shape = tuple(batch.pixel_values.shape[1:])
         if shape not in self._input_flops:
-            counter = FlopCounterMode(display=False)
-            with torch.no_grad(), counter:
-                self.image_features(batch.pixel_values[:1])
-            self._input_flops[shape] = float(counter.get_total_flops())
+            self._input_flops[shape] = counted_flops(lambda: self.image_features(batch.pixel_values[:1]))
         return self._input_flops[shape]
 
 

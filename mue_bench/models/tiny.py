@@ -35,9 +35,17 @@ class TinyConfig:
     patch_size: int = 8
     max_positions: int = 64
     encoder_attention: str = "split"  # "split" | "joint"
+    # Channels of a small convolutional stem before patchifying (0: none, patches embedded linearly). OFA
+    # embeds images with ResNet stages, not a single linear map; a stem lets one token see shape edges.
+    stem_channels: int = 0
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        if self.stem_channels and self.patch_size % 2:
+            raise MueBenchError(f"stem_channels needs an even patch_size (the stem halves the image), "
+                                f"got {self.patch_size}")
 
     @property
     def n_patches(self) -> int:
@@ -112,12 +120,23 @@ class DecoderLayer(nn.Module):
         return h + self.ffn(self.ln3(h)), k_new, v_new
 
 
+def _stem(channels: int) -> nn.Module:
+    """Two 3x3 convolutions, the first with stride 2 (so it costs a fraction of an encoder layer)."""
+    if not channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
+                         nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
+
+
 class TinyOFA(nn.Module):
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size)
+        self.stem = _stem(cfg.stem_channels)
+        # The stem halves the resolution, so its patches are half as wide and the token grid is unchanged.
+        patch = cfg.patch_size // 2 if cfg.stem_channels else cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.stem_channels or 3, d, patch, stride=patch)
         self.image_pos = nn.Parameter(torch.randn(cfg.n_patches, d) * 0.02)
         self.tok_embed = nn.Embedding(cfg.vocab_size, d)
         self.text_pos = nn.Embedding(cfg.max_positions, d)
@@ -131,7 +150,7 @@ class TinyOFA(nn.Module):
 
     # --- embeddings -------------------------------------------------------------------------------
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        x = self.patch_embed(self.stem(images)).flatten(2).transpose(1, 2)
         return x + self.image_pos + self.modality.weight[0]
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from mue_bench.models.tiny_inputs import TinyBatch, collate, load_pixels, prompt
 from mue_bench.models.tokenizer import WordTokenizer
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV, TensorKVCache
-from mue_bench.mue.cost import LayerDims
+from mue_bench.mue.cost import LayerDims, counted_flops
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -29,6 +29,7 @@ class TinyAdapter:
         self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
         self.dims = LayerDims(cfg.d_model, cfg.d_ff, cfg.d_model)
         self.native_encoder_mode = "freeze" if cfg.encoder_attention == "joint" else "split"
+        self._input_flops: float | None = None
 
     @classmethod
     def load(cls, checkpoint: str | Path) -> TinyAdapter:
@@ -53,6 +54,13 @@ class TinyAdapter:
     def reference_generate(self, batch: TinyBatch, decoding: DecodingConfig) -> list[list[int]]:
         """The model's own generation, untouched by the engine."""
         return self.model.generate(batch.images, batch.ids, batch.mask, decoding)
+
+    def input_flops(self, batch: TinyBatch) -> float:
+        """FLOPs per sample of the image embedding (stem and patch projection), which no threshold skips."""
+        if self._input_flops is None:
+            self._input_flops = counted_flops(
+                lambda: self.model.embed_image(batch.images[:1].to(self.model.patch_embed.weight.dtype)))
+        return self._input_flops
 
     # --- ExitAdapter ------------------------------------------------------------------------------
     def embed_streams(self, batch: TinyBatch) -> Streams:

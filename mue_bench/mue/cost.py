@@ -4,7 +4,7 @@ skipped text layer or a decoder step. Multiply-adds count as 2 FLOPs; norms and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -78,3 +78,15 @@ def decoder_flops(dims: LayerDims, dec_layers: Sequence[int], cross_len: int, n_
         if kv_fill == "propagate":
             total += (n_layers - used) * dims.kv_projection()
     return total
+
+
+def counted_flops(run: Callable[[], object]) -> float:
+    """FLOPs of one call, counted by torch's FlopCounterMode: for the parts that run in full at every grid
+    point (a vision tower, a patch embedding), which no analytic layer formula describes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        run()
+    return float(counter.get_total_flops())

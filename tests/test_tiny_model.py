@@ -1,0 +1,62 @@
+"""mue-tiny's image embedding: the optional convolutional stem, and the FLOPs the engine charges for it."""
+
+import pytest
+import torch
+
+from mue_bench.errors import MueBenchError
+from mue_bench.models.tiny import TinyConfig, TinyOFA
+from mue_bench.mue import ExitConfig, run_batch
+from tests.conftest import padded_batch, random_tiny
+
+
+def test_a_stem_keeps_the_token_grid_and_adds_parameters_only_when_asked():
+    plain = TinyOFA(TinyConfig(vocab_size=10, d_model=32, n_heads=2, d_ff=64))
+    stem = TinyOFA(TinyConfig(vocab_size=10, d_model=32, n_heads=2, d_ff=64, stem_channels=8))
+    images = torch.randn(2, 3, 48, 48)
+    assert plain.embed_image(images).shape == stem.embed_image(images).shape == (2, 36, 32)
+    assert not any(name.startswith("stem.") for name in plain.state_dict())  # older checkpoints still load
+    assert {name for name in stem.state_dict() if name.startswith("stem.")} == {
+        "stem.0.weight", "stem.0.bias", "stem.2.weight", "stem.2.bias"}
+
+
+def test_a_stem_needs_an_even_patch_size():
+    with pytest.raises(MueBenchError, match="patch_size"):
+        TinyConfig(vocab_size=10, patch_size=7, image_size=49, stem_channels=8)
+
+
+def test_a_stem_model_saves_and_loads_with_its_stem(tmp_path):
+    adapter = random_tiny("joint", stem_channels=8)
+    adapter.model.save(tmp_path / "m")
+    loaded = TinyOFA.load(tmp_path / "m")
+    assert loaded.cfg.stem_channels == 8
+    images = padded_batch().images
+    assert torch.equal(loaded.embed_image(images), adapter.model.embed_image(images))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_no_exit_reproduces_plain_generation_with_a_stem(beams):
+    adapter = random_tiny("joint", stem_channels=8)
+    batch, decoding = padded_batch(), adapter.decoding(num_beams=beams, max_len=12)
+    got = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze", kv_fill="propagate"), decoding)
+    assert [s.tokens for s in got.samples] == adapter.reference_generate(batch, decoding)
+
+
+@pytest.mark.parametrize("stem_channels", [0, 8])
+# The decoder reaches its last layer: mue-tiny projects every layer's cross-attention K/V up front, which
+# the cost model (only layers some step reached) does not charge.
+@pytest.mark.parametrize("fixed", [None, (2, 3, 6)])
+def test_engine_flops_agree_with_torch_flop_counter_image_embedding_included(stem_channels, fixed):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    adapter = random_tiny("joint", stem_channels=stem_channels)
+    one = padded_batch().select([0])
+    decoding = adapter.decoding(max_len=6, ignore_eos=True)
+    embedding = adapter.input_flops(one)
+    patch = adapter.model.patch_embed
+    assert embedding >= 2 * 36 * patch.weight[0].numel() * patch.out_channels  # at least the patch projection
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):  # the counter does not see CPU's fused flash kernel
+        [sample] = run_batch(adapter, one, ExitConfig(encoder_mode="freeze", fixed_exit=fixed), decoding).samples
+    head = 2 * adapter.model.tok_embed.weight.numel() * len(sample.tokens)  # the LM head is no layer
+    assert sample.flops == pytest.approx(counter.get_total_flops() - head, rel=0.05)
