@@ -66,6 +66,16 @@ def test_embedding_std_sets_the_position_and_modality_embeddings_and_nothing_els
     assert torch.allclose(default.tok_embed.weight, scaled.tok_embed.weight, atol=1e-6)
 
 
+def test_image_pos_std_sets_the_image_position_embeddings_and_nothing_else(shapes_root):
+    small = dict(data_root=str(shapes_root), steps=1, lr=1e-9, batch_size=4, d_model=32, n_heads=2, d_ff=64)
+    default = train(TrainConfig(**small), None, log=lambda _: None)["model"]
+    scaled = train(TrainConfig(image_pos_std=0.2, **small), None, log=lambda _: None)["model"]
+    assert 0.01 < default.image_pos.std() < 0.04  # the model's own init
+    assert 0.15 < scaled.image_pos.std() < 0.25
+    for name in ("text_pos", "dec_pos", "modality", "tok_embed"):
+        assert torch.allclose(getattr(default, name).weight, getattr(scaled, name).weight, atol=1e-6), name
+
+
 def test_stem_channels_build_a_stem_that_trains_and_is_saved(shapes_root, tmp_path):
     from mue_bench.models.tiny import TinyOFA
 
