@@ -127,12 +127,11 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
                                encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels)
         torch.manual_seed(cfg.seed)
         model = TinyOFA(model_cfg)
-        if cfg.embedding_std is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if cfg.embedding_std is not None:
                 for table in (model.text_pos, model.dec_pos, model.modality):
                     table.weight.normal_(0.0, cfg.embedding_std)
-        if cfg.image_pos_std is not None:
-            with torch.no_grad():
+            if cfg.image_pos_std is not None:
                 model.image_pos.normal_(0.0, cfg.image_pos_std)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

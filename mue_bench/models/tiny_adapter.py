@@ -58,14 +58,16 @@ class TinyAdapter:
     def input_flops(self, batch: TinyBatch) -> float:
         """FLOPs per sample of the image embedding (stem and patch projection), which no threshold skips."""
         if self._input_flops is None:
-            self._input_flops = counted_flops(
-                lambda: self.model.embed_image(batch.images[:1].to(self.model.patch_embed.weight.dtype)))
+            self._input_flops = counted_flops(lambda: self.model.embed_image(self._pixels(batch)[:1]))
         return self._input_flops
+
+    def _pixels(self, batch: TinyBatch) -> torch.Tensor:
+        """The batch's images in the model's dtype."""
+        return batch.images.to(self.model.patch_embed.weight.dtype)
 
     # --- ExitAdapter ------------------------------------------------------------------------------
     def embed_streams(self, batch: TinyBatch) -> Streams:
-        images = batch.images.to(self.model.patch_embed.weight.dtype)
-        return Streams(self.model.embed_image(images), self.model.embed_text(batch.ids), batch.mask)
+        return Streams(self.model.embed_image(self._pixels(batch)), self.model.embed_text(batch.ids), batch.mask)
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
                       stream: str = "joint") -> torch.Tensor:
