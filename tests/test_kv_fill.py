@@ -22,7 +22,7 @@ def _stepper(fill: str, ran: int) -> tuple[MuEStepper, TensorKVCache, dict]:
         cache.append(layer, torch.full((2, 2, 1, 16), 100.0 + layer), torch.full((2, 2, 1, 16), 200.0 + layer))
     for layer in range(ran):
         cache.append(layer, torch.full((2, 2, 1, 16), 10.0 + layer), torch.full((2, 2, 1, 16), 20.0 + layer))
-    before = {"cross": [tuple(t.clone() for t in c) for c in cache.cross]}
+    before = {"cross": [tuple(t.clone() for t in cache.cross(layer)) for layer in range(L)]}
     return stepper, cache, before
 
 
@@ -63,9 +63,9 @@ def test_official_replaces_whole_self_and_cross_buffers_of_skipped_layers_for_ex
         src = 2 if layer >= 3 else layer
         assert torch.all(cache.keys[layer][0, :, 0] == 100.0 + src)  # history replaced too
         assert torch.all(cache.keys[layer][0, :, 1] == 10.0 + src)
-        assert torch.equal(cache.cross[layer][0][0], before["cross"][src][0][0])
+        assert torch.equal(cache.cross(layer)[0][0], before["cross"][src][0][0])
         assert torch.all(cache.keys[layer][1, :, 1] == 10.0 + layer)  # row 1 ran everything
-        assert torch.equal(cache.cross[layer][0][1], before["cross"][layer][0][1])
+        assert torch.equal(cache.cross(layer)[0][1], before["cross"][layer][0][1])
 
 
 @pytest.mark.parametrize("fill", ["copy", "propagate", "official"])
@@ -84,3 +84,20 @@ def test_every_layer_has_a_slot_for_every_step_after_generation(fill):
     steps = max(len(s.dec_layers) for s in result.samples)
     assert {captured["cache"].length(layer) for layer in range(L)} == {steps}
     assert all(set(s.dec_layers) == {1} for s in result.samples)  # τ = -1 exits after the first layer
+
+
+@pytest.mark.parametrize("fill, projected", [("copy", {0}), ("propagate", {0}), ("official", set(range(L)))])
+def test_cross_attention_is_projected_only_for_layers_a_token_reaches_or_official_overwrites(fill, projected):
+    adapter = random_tiny(seed=2)
+    seen: set[int] = set()
+    original = adapter.decoder_cache
+
+    def watched(enc_out):
+        cache = original(enc_out)
+        project = cache._cross_kv
+        cache._cross_kv = lambda layer: seen.add(layer) or project(layer)
+        return cache
+
+    adapter.decoder_cache = watched
+    run_batch(adapter, padded_batch(), ExitConfig(fixed_exit=(2, 3, 1), kv_fill=fill), adapter.decoding(max_len=5))
+    assert seen == projected  # exit after decoder layer 1: `official` copies its buffers into layers 2-6

@@ -9,14 +9,11 @@ except under `official`, whose whole-buffer copies need both buffers to exist.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from mue_bench.mue.cache import KV, slot_for_all_rows
-
-CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/V of the encoder output
+from mue_bench.mue.cache import KV, CrossProjector, slot_for_all_rows
 
 
 class HFKVCache:

@@ -77,14 +77,14 @@ class TinyAdapter:
         return self.model.enc_norm(h)
 
     def decoder_cache(self, enc_out: torch.Tensor) -> TensorKVCache:
-        return TensorKVCache(self.model.cross_kv(enc_out))
+        return TensorKVCache(self.n_dec_layers, lambda layer: self.model.decoder[layer].cross_attn.kv(enc_out))
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         return self.model.embed_decoder(tokens[:, None], step)[:, 0]
 
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: TensorKVCache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
-        out, k, v = self.model.decoder[layer](h[:, None], cache.past(layer), cache.cross[layer], enc_mask)
+        out, k, v = self.model.decoder[layer](h[:, None], cache.past(layer), cache.cross(layer), enc_mask)
         cache.append(layer, k, v)
         return out[:, 0]
 

@@ -8,6 +8,7 @@ classes behind the same protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -33,13 +34,30 @@ class KVCache(Protocol):
     def length(self, layer: int) -> int: ...
 
 
-class TensorKVCache:
-    """Self-attention K/V [R, H, T, Dh] per layer, grown by one slot per step; cross-attention K/V fixed."""
+CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/V of the encoder output
 
-    def __init__(self, cross: list[KV]):
-        self.cross = list(cross)
-        self.keys: list[torch.Tensor | None] = [None] * len(cross)
-        self.values: list[torch.Tensor | None] = [None] * len(cross)
+
+class TensorKVCache:
+    """Self-attention K/V [R, H, T, Dh] per layer, grown by one slot per step. Cross-attention K/V are
+    projected the first time a layer is reached, as transformers does, so layers no token reaches cost
+    nothing (the cost model charges only those some step reached); `official`'s whole-buffer copies
+    project the layers they write."""
+
+    def __init__(self, n_layers: int, cross_kv: CrossProjector):
+        self._cross_kv = cross_kv
+        self._cross: list[KV | None] = [None] * n_layers
+        self._order: torch.Tensor | None = None  # beam reorders so far, applied to layers projected later
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def cross(self, layer: int) -> KV:
+        kv = self._cross[layer]
+        if kv is None:
+            kv = self._cross_kv(layer)
+            if self._order is not None:
+                kv = (kv[0][self._order], kv[1][self._order])
+            self._cross[layer] = kv
+        return kv
 
     def past(self, layer: int) -> KV | None:
         k, v = self.keys[layer], self.values[layer]
@@ -68,14 +86,14 @@ class TensorKVCache:
             s, d = buf[src], buf[dst]
             assert s is not None and d is not None
             buf[dst] = torch.where(sel, s, d)
-        ck, cv = self.cross[src]
-        dk, dv = self.cross[dst]
-        self.cross[dst] = (torch.where(sel, ck, dk), torch.where(sel, cv, dv))
+        (ck, cv), (dk, dv) = self.cross(src), self.cross(dst)
+        self._cross[dst] = (torch.where(sel, ck, dk), torch.where(sel, cv, dv))
 
     def reorder(self, index: torch.Tensor) -> None:
         self.keys = [None if k is None else k[index] for k in self.keys]
         self.values = [None if v is None else v[index] for v in self.values]
-        self.cross = [(k[index], v[index]) for k, v in self.cross]
+        self._cross = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self._cross]
+        self._order = index if self._order is None else self._order[index]
 
     def length(self, layer: int) -> int:
         k = self.keys[layer]
@@ -83,8 +101,9 @@ class TensorKVCache:
 
     def rows(self, layer: int, index: torch.Tensor) -> TensorKVCache:
         """A cache holding only layer `layer` of rows `index` (to run that layer on those rows)."""
-        sub = TensorKVCache([(k[index], v[index]) if i == layer else (k[:0], v[:0])
-                             for i, (k, v) in enumerate(self.cross)])
+        k, v = self.cross(layer)
+        sub = TensorKVCache(len(self.keys), self._no_other_layer)
+        sub._cross[layer] = (k[index], v[index])
         past = self.past(layer)
         if past is not None:
             sub.keys[layer], sub.values[layer] = past[0][index], past[1][index]
@@ -92,4 +111,8 @@ class TensorKVCache:
 
     def append_rows(self, layer: int, index: torch.Tensor, sub: TensorKVCache) -> None:
         """Append this step's slot of layer `layer`: `sub`'s new slot for rows `index`, zeros elsewhere."""
-        self.append(layer, *slot_for_all_rows(sub.slot(layer), index, len(self.cross[layer][0])))
+        self.append(layer, *slot_for_all_rows(sub.slot(layer), index, self.cross(layer)[0].shape[0]))
+
+    @staticmethod
+    def _no_other_layer(layer: int) -> KV:
+        raise AssertionError(f"a row subset of one layer's cache was asked for layer {layer}")
