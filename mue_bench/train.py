@@ -46,6 +46,7 @@ class TrainConfig(BaseModel):
     dec_layers: int = 6
     encoder_attention: Literal["split", "joint"] = "split"
     stem_channels: int = Field(0, ge=0)  # see TinyConfig.stem_channels
+    image_positions: Literal["learned", "sincos"] = "learned"  # see TinyConfig.image_positions
     threads: int = 2
     entailment_fraction: float = 0.5
     # "token": cross-entropy averaged over all target tokens (captions dominate: ~10 tokens vs 1 label);
@@ -124,7 +125,8 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
         tok = WordTokenizer.build(texts)
         model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                                enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
-                               encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels)
+                               encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels,
+                               image_positions=cfg.image_positions)
         torch.manual_seed(cfg.seed)
         model = TinyOFA(model_cfg)
         with torch.no_grad():

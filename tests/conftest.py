@@ -38,13 +38,13 @@ def randomise(model: TinyOFA, std: float = 0.5) -> TinyOFA:
     return model
 
 
-def random_tiny(encoder_attention: str = "split", seed: int = 0, vocab: int = 40, stem_channels: int = 0,
-                ) -> TinyAdapter:
-    """A small random mue-tiny whose generations vary from token to token and sample to sample."""
+def random_tiny(encoder_attention: str = "split", seed: int = 0, vocab: int = 40, **config) -> TinyAdapter:
+    """A small random mue-tiny whose generations vary from token to token and sample to sample; `config`
+    sets further TinyConfig fields (a stem, image positions)."""
     torch.manual_seed(seed)
     tok = WordTokenizer(list(SPECIALS) + [f"w{i}" for i in range(vocab)])
     model = TinyOFA(TinyConfig(vocab_size=len(tok), d_model=32, n_heads=2, d_ff=64,
-                               encoder_attention=encoder_attention, stem_channels=stem_channels))
+                               encoder_attention=encoder_attention, **config))
     return TinyAdapter(randomise(model), tok)
 
 

@@ -1,10 +1,11 @@
-"""mue-tiny's image embedding: the optional convolutional stem, and the FLOPs the engine charges for it."""
+"""mue-tiny's image embedding: the optional convolutional stem and fixed 2-D positions, and the FLOPs the engine
+charges for it."""
 
 import pytest
 import torch
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.tiny import TinyConfig, TinyOFA
+from mue_bench.models.tiny import TinyConfig, TinyOFA, sincos_grid
 from mue_bench.mue import ExitConfig, run_batch
 from tests.conftest import padded_batch, random_tiny
 
@@ -33,18 +34,51 @@ def test_a_stem_model_saves_and_loads_with_its_stem(tmp_path):
     assert torch.equal(loaded.embed_image(images), adapter.model.embed_image(images))
 
 
+def test_sincos_positions_tell_columns_apart_and_order_them_left_to_right():
+    grid = sincos_grid(6, 32).view(6, 6, 32)  # [row, column, d]
+    cols, rows = grid[..., :16], grid[..., 16:]
+    assert torch.equal(cols[0], cols[5]) and torch.equal(rows[:, 0], rows[:, 5])  # each half sees one axis
+    assert (grid.flatten(0, 1).std(0) > 0.1).all()  # every dimension varies over the grid
+    lowest_cosine = cols[0, :, 8]
+    assert (lowest_cosine.diff() < 0).all()  # monotone in the column: "left of" is one linear read-out
+    assert torch.cdist(grid.flatten(0, 1), grid.flatten(0, 1)).fill_diagonal_(1.0).min() > 0.5  # all distinct
+
+
+def test_sincos_positions_are_added_under_the_learned_table_and_not_saved(tmp_path):
+    adapter = random_tiny("joint", image_positions="sincos")
+    model, images = adapter.model, padded_batch().images
+    assert "image_pos_fixed" not in model.state_dict()  # a function of the config: checkpoints are unchanged
+    without = model.patch_embed(images).flatten(2).transpose(1, 2) + model.image_pos + model.modality.weight[0]
+    torch.testing.assert_close(model.embed_image(images) - without, sincos_grid(6, 32).expand(3, -1, -1))
+    model.save(tmp_path / "m")
+    loaded = TinyOFA.load(tmp_path / "m")
+    assert loaded.cfg.image_positions == "sincos"
+    assert torch.equal(loaded.embed_image(images), model.embed_image(images))
+
+
+def test_learned_positions_alone_are_the_default():
+    model = TinyOFA(TinyConfig(vocab_size=10, d_model=32, n_heads=2, d_ff=64))
+    assert model.cfg.image_positions == "learned" and not model.image_pos_fixed.any()
+
+
+@pytest.mark.parametrize("bad, match", [(dict(image_positions="rope"), "image_positions"),
+                                        (dict(image_positions="sincos", d_model=30, n_heads=2), "d_model")])
+def test_bad_image_positions_are_rejected(bad, match):
+    with pytest.raises(MueBenchError, match=match):
+        TinyConfig(vocab_size=10, **bad)
+
+
+@pytest.mark.parametrize("config", [dict(stem_channels=8), dict(image_positions="sincos")])
 @pytest.mark.parametrize("beams", [1, 3])
-def test_no_exit_reproduces_plain_generation_with_a_stem(beams):
-    adapter = random_tiny("joint", stem_channels=8)
+def test_no_exit_reproduces_plain_generation_with_each_image_embedding(config, beams):
+    adapter = random_tiny("joint", **config)
     batch, decoding = padded_batch(), adapter.decoding(num_beams=beams, max_len=12)
     got = run_batch(adapter, batch, ExitConfig(encoder_mode="freeze", kv_fill="propagate"), decoding)
     assert [s.tokens for s in got.samples] == adapter.reference_generate(batch, decoding)
 
 
 @pytest.mark.parametrize("stem_channels", [0, 8])
-# The decoder reaches its last layer: mue-tiny projects every layer's cross-attention K/V up front, which
-# the cost model (only layers some step reached) does not charge.
-@pytest.mark.parametrize("fixed", [None, (2, 3, 6)])
+@pytest.mark.parametrize("fixed", [None, (2, 3, 6), (2, 3, 1)])  # (2, 3, 1): decoder layers 2-6 never run
 def test_engine_flops_agree_with_torch_flop_counter_image_embedding_included(stem_channels, fixed):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -60,3 +94,4 @@ def test_engine_flops_agree_with_torch_flop_counter_image_embedding_included(ste
         [sample] = run_batch(adapter, one, ExitConfig(encoder_mode="freeze", fixed_exit=fixed), decoding).samples
     head = 2 * adapter.model.tok_embed.weight.numel() * len(sample.tokens)  # the LM head is no layer
     assert sample.flops == pytest.approx(counter.get_total_flops() - head, rel=0.05)
+

@@ -85,3 +85,13 @@ def test_stem_channels_build_a_stem_that_trains_and_is_saved(shapes_root, tmp_pa
     trained = train(cfg, tmp_path / "m", log=lambda _: None)["model"].stem[0].weight
     assert not torch.allclose(frozen, trained, atol=1e-6)  # the optimiser updates the stem
     assert TinyOFA.load(tmp_path / "m").cfg.stem_channels == 8
+
+
+def test_image_positions_reach_the_model_and_its_checkpoint(shapes_root, tmp_path):
+    from mue_bench.models.tiny import TinyOFA
+
+    cfg = TrainConfig(data_root=str(shapes_root), steps=1, batch_size=4, d_model=32, n_heads=2, d_ff=64,
+                      image_positions="sincos")
+    model = train(cfg, tmp_path / "m", log=lambda _: None)["model"]
+    assert model.image_pos_fixed.abs().sum() > 0
+    assert TinyOFA.load(tmp_path / "m").cfg.image_positions == "sincos"

@@ -38,6 +38,10 @@ class TinyConfig:
     # Channels of a small convolutional stem before patchifying (0: none, patches embedded linearly). OFA
     # embeds images with ResNet stages, not a single linear map; a stem lets one token see shape edges.
     stem_channels: int = 0
+    # "sincos": fixed 2-D sine/cosine features of each patch's (row, column) are added under the learned
+    # table. A learned table starts as noise with no notion of left or right and, trained on shapes, stays
+    # ~18x smaller than patch contents (benchmarks/RESULTS.md, stop 14); captions then order shapes at chance.
+    image_positions: str = "learned"  # "learned" | "sincos"
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -46,6 +50,10 @@ class TinyConfig:
         if self.stem_channels and self.patch_size % 2:
             raise MueBenchError(f"stem_channels needs an even patch_size (the stem halves the image), "
                                 f"got {self.patch_size}")
+        if self.image_positions not in ("learned", "sincos"):
+            raise MueBenchError(f"image_positions must be 'learned' or 'sincos', got {self.image_positions!r}")
+        if self.image_positions == "sincos" and self.d_model % 4:
+            raise MueBenchError(f"image_positions 'sincos' needs d_model divisible by 4, got {self.d_model}")
 
     @property
     def n_patches(self) -> int:
@@ -120,6 +128,19 @@ class DecoderLayer(nn.Module):
         return h + self.ffn(self.ln3(h)), k_new, v_new
 
 
+def sincos_grid(side: int, d: int) -> torch.Tensor:
+    """[side * side, d] features of a row-major patch grid: d/4 frequencies each of sin and cos for the
+    column, then for the row. Frequencies are log-spaced from half a period across the grid to a period
+    of four patches, so every dimension varies over the grid (ViT's 1/10000 base would leave most of them
+    constant over 6 positions) and the lowest cosine is monotone in the coordinate, as "left of" needs."""
+    omega = (torch.pi / side) * (side / 2) ** torch.linspace(0.0, 1.0, d // 4)
+    coord = torch.arange(side, dtype=torch.float32)
+    angles = coord[:, None] * omega[None]  # [side, d/4]
+    axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # [side, d/2]
+    rows, cols = axis[:, None, :].expand(side, side, -1), axis[None, :, :].expand(side, side, -1)
+    return torch.cat([cols, rows], dim=-1).reshape(side * side, d)
+
+
 def _stem(channels: int) -> nn.Module:
     """Two 3x3 convolutions, the first with stride 2 (so it costs a fraction of an encoder layer)."""
     if not channels:
@@ -138,6 +159,10 @@ class TinyOFA(nn.Module):
         patch = cfg.patch_size // 2 if cfg.stem_channels else cfg.patch_size
         self.patch_embed = nn.Conv2d(cfg.stem_channels or 3, d, patch, stride=patch)
         self.image_pos = nn.Parameter(torch.randn(cfg.n_patches, d) * 0.02)
+        side = cfg.image_size // cfg.patch_size
+        fixed = sincos_grid(side, d) if cfg.image_positions == "sincos" else torch.zeros(cfg.n_patches, d)
+        # Not persistent: it is a function of the config, so checkpoints stay as they were.
+        self.register_buffer("image_pos_fixed", fixed, persistent=False)
         self.tok_embed = nn.Embedding(cfg.vocab_size, d)
         self.text_pos = nn.Embedding(cfg.max_positions, d)
         self.dec_pos = nn.Embedding(cfg.max_positions, d)
@@ -151,7 +176,7 @@ class TinyOFA(nn.Module):
     # --- embeddings -------------------------------------------------------------------------------
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.stem(images)).flatten(2).transpose(1, 2)
-        return x + self.image_pos + self.modality.weight[0]
+        return x + self.image_pos + self.image_pos_fixed + self.modality.weight[0]
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(ids.shape[1], device=ids.device)
