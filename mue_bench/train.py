@@ -62,6 +62,10 @@ class TrainConfig(BaseModel):
     # Std of the image patch position embeddings at init. None keeps the model's 0.02: rows ~7x smaller than
     # how much patch contents differ (and ~18x after training), so the encoder barely sees where a patch is.
     image_pos_std: float | None = None
+    # Share of each batch whose image and text streams each stop after a random number of encoder layers
+    # (uniform over 1..enc_layers, per sample and stream), as the engine's `freeze` exits do. The layer-wise
+    # loss trains the decoder's exits only; this also teaches the decoder to read early-exited encoder states.
+    encoder_exit_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
@@ -94,6 +98,18 @@ def layer_losses(model: TinyOFA, states: list[torch.Tensor], targets: torch.Tens
         else:
             losses.append((ce * real).sum() / real.sum())
     return torch.stack(losses)
+
+
+def encoder_exits(rng: np.random.Generator, batch: int, layers: int, fraction: float,
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-sample encoder layers of the image and text streams: all of them, except for a `fraction` of the
+    samples whose streams each stop after a uniform 1..layers (for TinyOFA.encode's `stop`)."""
+    if fraction == 0:
+        return None
+    exits = rng.random(batch) < fraction
+    img, txt = (torch.from_numpy(np.where(exits, rng.integers(1, layers + 1, size=batch), layers))
+                for _ in range(2))
+    return img, txt
 
 
 def training_samples(root: Path, split: str) -> list[Sample]:
@@ -137,6 +153,7 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
                 model.image_pos.normal_(0.0, cfg.image_pos_std)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    exit_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: batches stay those of the plain recipe
     pixels = {p: load_pixels(p, model_cfg.image_size) for p in {s.image for s in samples}}
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -153,7 +170,9 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
         targets = [tok.encode(target_text(s, rng)) for s in batch]
         dec_in, _ = pad([[tok.bos_id] + t[:-1] for t in targets], tok.pad_id)
         dec_out, _ = pad(targets, tok.pad_id)
-        enc_out, enc_mask = model.encode(inputs.images, inputs.ids, inputs.mask)
+        enc_out, enc_mask = model.encode(inputs.images, inputs.ids, inputs.mask,
+                                         encoder_exits(exit_rng, len(batch), model_cfg.enc_layers,
+                                                       cfg.encoder_exit_fraction))
         states = model.decoder_states(dec_in, enc_out, enc_mask)
         losses = layer_losses(model, states, dec_out, tok.pad_id, cfg.loss, cfg.loss_weighting)
         loss = losses.sum()

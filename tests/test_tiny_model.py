@@ -7,6 +7,7 @@ import torch
 from mue_bench.errors import MueBenchError
 from mue_bench.models.tiny import TinyConfig, TinyOFA, sincos_grid
 from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.mue.encoder import run_encoder
 from tests.conftest import padded_batch, random_tiny
 
 
@@ -95,3 +96,28 @@ def test_engine_flops_agree_with_torch_flop_counter_image_embedding_included(ste
     head = 2 * adapter.model.tok_embed.weight.numel() * len(sample.tokens)  # the LM head is no layer
     assert sample.flops == pytest.approx(counter.get_total_flops() - head, rel=0.05)
 
+
+@pytest.mark.parametrize("attention, mode", [("joint", "freeze"), ("split", "split")])
+def test_stopping_streams_in_encode_equals_the_engine_exiting_them_there(attention, mode):
+    """Training with exits (TrainConfig.encoder_exit_fraction) must train exactly what the engine runs."""
+    adapter, batch = random_tiny(attention), padded_batch()
+    stops = [(1, 4), (6, 2), (3, 6)]  # (image, text) layers per sample
+    img, txt = (torch.tensor(s) for s in zip(*stops))
+    with torch.no_grad():
+        trained, mask = adapter.model.encode(batch.images, batch.ids, batch.mask, stop=(img, txt))
+        for row, (i, t) in enumerate(stops):
+            streams = adapter.embed_streams(batch)
+            engine = run_encoder(adapter, streams, ExitConfig(encoder_mode=mode, fixed_exit=(i, t, 6)))
+            assert (engine.img_layers[row], engine.txt_layers[row]) == (i, t)
+            real = mask[row]
+            torch.testing.assert_close(trained[row][real], engine.out[row][real])
+
+
+def test_encode_without_stops_runs_every_layer():
+    adapter, batch = random_tiny("joint"), padded_batch()
+    full = torch.full((3,), 6)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model.encode(batch.images, batch.ids, batch.mask, stop=(full, full)),
+                                   adapter.model.encode(batch.images, batch.ids, batch.mask))
+        early = adapter.model.encode(batch.images, batch.ids, batch.mask, stop=(full, torch.full((3,), 2)))[0]
+    assert not torch.allclose(early, adapter.model.encode(batch.images, batch.ids, batch.mask)[0])

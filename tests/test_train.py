@@ -95,3 +95,28 @@ def test_image_positions_reach_the_model_and_its_checkpoint(shapes_root, tmp_pat
     model = train(cfg, tmp_path / "m", log=lambda _: None)["model"]
     assert model.image_pos_fixed.abs().sum() > 0
     assert TinyOFA.load(tmp_path / "m").cfg.image_positions == "sincos"
+
+
+def test_encoder_exits_stop_a_share_of_samples_after_a_uniform_number_of_layers():
+    import numpy as np
+
+    from mue_bench.train import encoder_exits
+
+    assert encoder_exits(np.random.default_rng(0), 8, 6, 0.0) is None  # the plain recipe runs every layer
+    img, txt = encoder_exits(np.random.default_rng(0), 4000, 6, 1.0)
+    assert set(img.tolist()) == set(txt.tolist()) == set(range(1, 7))
+    assert not torch.equal(img, txt)  # each stream draws its own depth
+    img, txt = encoder_exits(np.random.default_rng(0), 4000, 6, 0.5)
+    assert abs(float((img < 6).float().mean()) - 0.5 * 5 / 6) < 0.03
+    # the chosen half stops both streams (one may draw all 6 layers); the other half stops neither
+    assert abs(float(((img < 6) | (txt < 6)).float().mean()) - 0.5 * (1 - 1 / 36)) < 0.03
+
+
+def test_exit_training_changes_what_is_learned_and_zero_leaves_the_plain_recipe_alone(shapes_root):
+    cfg = TrainConfig(data_root=str(shapes_root), steps=2, batch_size=8, d_model=32, n_heads=2, d_ff=64)
+    weights = {fraction: train(cfg.model_copy(update={"encoder_exit_fraction": fraction}), None,
+                               log=lambda _: None)["model"].state_dict()
+               for fraction in (0.0, 1.0)}
+    plain = train(cfg, None, log=lambda _: None)["model"].state_dict()
+    assert all(torch.equal(plain[k], weights[0.0][k]) for k in plain)
+    assert not all(torch.equal(plain[k], weights[1.0][k]) for k in plain)

@@ -191,18 +191,31 @@ class TinyOFA(nn.Module):
 
     # --- plain (no-exit) forward ------------------------------------------------------------------
     def encode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output [image; text] after the final norm, and its key mask."""
+               stop: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output [image; text] after the final norm, and its key mask. `stop`: per-sample layers
+        the image and text streams run ([B] each); a stopped stream keeps its state and, in the joint
+        encoder, still serves as keys/values: the engine's exits in `freeze` mode, for training with them."""
         img, txt = self.embed_image(images), self.embed_text(ids)
         img_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
         enc_mask = torch.cat([img_mask, mask], 1)
+
+        def running(i: int, stream: int, like: torch.Tensor) -> torch.Tensor | None:
+            return None if stop is None else (stop[stream] > i)[:, None, None].expand_as(like)
+
+        def update(old: torch.Tensor, new: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+            return new if keep is None else torch.where(keep, new, old)
+
+        n_img = img.shape[1]
         if self.cfg.encoder_attention == "joint":
             h = torch.cat([img, txt], 1)
-            for layer in self.encoder:
-                h = layer(h, enc_mask)
+            for i, layer in enumerate(self.encoder):
+                live = None if stop is None else torch.cat(
+                    [running(i, 0, h[:, :n_img]), running(i, 1, h[:, n_img:])], 1)
+                h = update(h, layer(h, enc_mask), live)
         else:
-            for layer in self.encoder:
-                img, txt = layer(img, img_mask), layer(txt, mask)
+            for i, layer in enumerate(self.encoder):
+                img = update(img, layer(img, img_mask), running(i, 0, img))
+                txt = update(txt, layer(txt, mask), running(i, 1, txt))
             h = torch.cat([img, txt], 1)
         return self.enc_norm(h), enc_mask
 
