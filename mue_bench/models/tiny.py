@@ -202,8 +202,8 @@ class TinyOFA(nn.Module):
         def running(i: int, stream: int, like: torch.Tensor) -> torch.Tensor | None:
             return None if stop is None else (stop[stream] > i)[:, None, None].expand_as(like)
 
-        def update(old: torch.Tensor, new: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-            return new if keep is None else torch.where(keep, new, old)
+        def update(old: torch.Tensor, new: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+            return new if live is None else torch.where(live, new, old)  # stopped positions keep their state
 
         n_img = img.shape[1]
         if self.cfg.encoder_attention == "joint":
