@@ -198,24 +198,22 @@ class TinyOFA(nn.Module):
         img, txt = self.embed_image(images), self.embed_text(ids)
         img_mask = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
         enc_mask = torch.cat([img_mask, mask], 1)
+        # layers each position runs, [B, N, 1] (broadcast over features); None: all of them
+        img_stop, txt_stop = (None, None) if stop is None else (stop[0][:, None, None], stop[1][:, None, None])
 
-        def running(i: int, stream: int, like: torch.Tensor) -> torch.Tensor | None:
-            return None if stop is None else (stop[stream] > i)[:, None, None].expand_as(like)
+        def update(old: torch.Tensor, new: torch.Tensor, stops: torch.Tensor | None, i: int) -> torch.Tensor:
+            return new if stops is None else torch.where(stops > i, new, old)  # stopped positions keep their state
 
-        def update(old: torch.Tensor, new: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
-            return new if live is None else torch.where(live, new, old)  # stopped positions keep their state
-
-        n_img = img.shape[1]
         if self.cfg.encoder_attention == "joint":
             h = torch.cat([img, txt], 1)
+            stops = None if stop is None else torch.cat(
+                [img_stop.expand(-1, img.shape[1], 1), txt_stop.expand(-1, txt.shape[1], 1)], 1)
             for i, layer in enumerate(self.encoder):
-                live = None if stop is None else torch.cat(
-                    [running(i, 0, h[:, :n_img]), running(i, 1, h[:, n_img:])], 1)
-                h = update(h, layer(h, enc_mask), live)
+                h = update(h, layer(h, enc_mask), stops, i)
         else:
             for i, layer in enumerate(self.encoder):
-                img = update(img, layer(img, img_mask), running(i, 0, img))
-                txt = update(txt, layer(txt, mask), running(i, 1, txt))
+                img = update(img, layer(img, img_mask), img_stop, i)
+                txt = update(txt, layer(txt, mask), txt_stop, i)
             h = torch.cat([img, txt], 1)
         return self.enc_norm(h), enc_mask
 
