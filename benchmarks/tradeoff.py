@@ -2,7 +2,8 @@
 
 For each checkpoint and task it runs the task's demo grid and prints the full model's quality next to a
 trivial baseline, the largest layer saving at ≥ 99% / ≥ 96% of full quality, the quality of the most
-aggressive point, and the best quality reachable at fixed savings (to compare training losses).
+aggressive point, the best quality reachable at fixed savings (to compare training losses), and the quality
+of one layer per stream (`fixed_exit` (1, 1, 1): the floor any threshold can reach).
 
     .venv/bin/python benchmarks/tradeoff.py --checkpoints mue-tiny mue-tiny-finalloss --limit 200
 """
@@ -42,7 +43,7 @@ def main() -> None:
         desc, base = trivial_baseline(base_spec)
         print(f"\n== {task} ({SPECS[task]}, n={args.limit}); trivial baseline, {desc}: {base:.3f}")
         header = (f"{'checkpoint':<22}{'full':>8}{'sav@99%':>9}{'sav@96%':>9}{'most aggr.':>11}"
-                  + "".join(f"{'q@' + format(s, '.0%'):>9}" for s in args.savings))
+                  + "".join(f"{'q@' + format(s, '.0%'):>9}" for s in args.savings) + f"{'1 layer':>9}")
         print(header)
         for ckpt in args.checkpoints:
             with tempfile.TemporaryDirectory() as out:
@@ -50,10 +51,13 @@ def main() -> None:
                     "name": f"tradeoff-{task}",
                     "model": base_spec.model.model_copy(update={"checkpoint": ckpt}),
                     "output": base_spec.output.model_copy(update={"dir": out}),
+                    "grid": base_spec.grid.model_copy(update={"fixed_exit": [(1, 1, 1)]}),
                     # quality and savings do not depend on the batch (batch invariance is tested): batch for speed
                     "run": base_spec.run.model_copy(update={"batch_size": 50}),
                     "timing": base_spec.timing.model_copy(update={"warmup": 0})})
-                points = run_sweep(spec, SweepOptions(meteor=False)).points
+                swept = run_sweep(spec, SweepOptions(meteor=False)).points
+            one_layer = swept[swept["fixed_exit"].notna()].iloc[0]
+            points = swept[swept["fixed_exit"].isna()]  # thresholds only: what a user can pick
             full = points[points["is_full"]].iloc[0]
             p99, p96 = pick(points, 0.99), pick(points, 0.96)
             aggressive = points.sort_values("layer_savings").iloc[-1]
@@ -61,7 +65,8 @@ def main() -> None:
                    f"{(p99.layer_savings if p99 is not None else float('nan')):9.1%}"
                    f"{(p96.layer_savings if p96 is not None else float('nan')):9.1%}"
                    f"{aggressive.quality_rel:11.1%}"
-                   + "".join(f"{best_quality_at(points, s):9.1%}" for s in args.savings))
+                   + "".join(f"{best_quality_at(points, s):9.1%}" for s in args.savings)
+                   + f"{one_layer.quality_rel:9.1%}")
             print(row)
             for label, p in (("99%", p99), ("96%", p96)):
                 if p is not None:
