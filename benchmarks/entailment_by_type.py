@@ -2,9 +2,10 @@
 
 Types follow the generator's templates: colour ("there is a red shape"), count ("there are two shapes"),
 kind ("there is a circle"), spatial ("the red circle is left of the blue square"), neutral (properties
-the image cannot show).
+the image cannot show). `--exits` adds a column per fixed exit (image, text, decoder layers), to see which
+types need depth: those are what a threshold trades away first.
 
-    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600]
+    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--exits 1,1,1 3,3,3]
 """
 
 from __future__ import annotations
@@ -39,20 +40,37 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mue-tiny")
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--split", default="test")
+    parser.add_argument("--exits", nargs="*", type=exit_layers, default=[],
+                        help="fixed exits to add as columns, each IMG,TXT,DEC layers (e.g. 1,1,1)")
     args = parser.parse_args()
     adapter = TinyAdapter.load(args.checkpoint)
     samples = load_samples(DataSpec(task="entailment", split=args.split, limit=args.limit))
+    columns = {"full": None} | {"exit " + ".".join(map(str, e)): e for e in args.exits}
+    correct = {name: accuracy_by_type(adapter, samples, exit_at) for name, exit_at in columns.items()}
+    print(f"{args.checkpoint} on shapes {args.split}, n={len(samples)}; accuracy")
+    print(f"{'type':<10}{'label':<15}{'n':>5}" + "".join(f"{name:>11}" for name in columns))
+    for key in sorted(correct["full"]):
+        print(f"{key[0]:<10}{key[1]:<15}{len(correct['full'][key]):>5}"
+              + "".join(f"{np.mean(c[key]):>11.3f}" for c in correct.values()))
+    print(f"{'overall':<25}{len(samples):>5}"
+          + "".join(f"{np.mean([h for v in c.values() for h in v]):>11.3f}" for c in correct.values()))
+
+
+def exit_layers(text: str) -> tuple[int, int, int]:
+    img, txt, dec = (int(x) for x in text.split(","))
+    return img, txt, dec
+
+
+def accuracy_by_type(adapter: TinyAdapter, samples: list, exit_at: tuple[int, int, int] | None,
+                     ) -> dict[tuple[str, str], list[bool]]:
+    cfg = ExitConfig(encoder_mode="freeze", fixed_exit=exit_at)
     correct = defaultdict(list)
     for i in range(0, len(samples), 50):
         chunk = samples[i:i + 50]
-        out = run_batch(adapter, adapter.prepare(chunk), ExitConfig(encoder_mode="freeze"), adapter.decoding(max_len=4))
+        out = run_batch(adapter, adapter.prepare(chunk), cfg, adapter.decoding(max_len=4))
         for s, res in zip(chunk, out.samples):
             correct[(hypothesis_type(s.hypothesis), s.label)].append(adapter.text(res.tokens) == s.label)
-    print(f"{args.checkpoint} on shapes {args.split}, n={len(samples)}")
-    print(f"{'type':<10}{'label':<8}{'n':>5}{'accuracy':>10}")
-    for (kind, label), hits in sorted(correct.items()):
-        print(f"{kind:<10}{label:<8}{len(hits):>5}{np.mean(hits):>10.3f}")
-    print(f"{'overall':<18}{len(samples):>5}{np.mean([h for v in correct.values() for h in v]):>10.3f}")
+    return correct
 
 
 if __name__ == "__main__":
