@@ -70,7 +70,7 @@ def _predict(adapter, task, n, exits: ExitConfig | None = None):
 
 
 def test_full_model_entailment_accuracy_floor(adapter):
-    # The model card's figure is 0.961 on all 1500 test hypotheses (0.973 on these 150).
+    # The model card's figure is 0.963 on all 1500 test hypotheses (0.967 on these 150).
     samples, preds = _predict(adapter, "entailment", 150)
     assert np.mean([p == s.label for p, s in zip(preds, samples)]) >= 0.92
 
@@ -85,13 +85,11 @@ def test_full_model_captions_beat_a_constant_caption(adapter):
     assert scores["model"]["cider"] > 1.0
 
 
-@pytest.mark.parametrize("task, n, aggressive, margin", [
-    ("caption", 60, ExitConfig(tau_img=0.3, tau_txt=0.5, tau_dec=0.0, encoder_mode="freeze"), 0.25),
-    ("entailment", 150, ExitConfig(tau_img=0.3, tau_txt=0.3, tau_dec=0.0, encoder_mode="freeze"), 0.25)])
-def test_the_layerwise_loss_keeps_more_quality_than_its_final_loss_control(adapter, task, n, aggressive, margin):
-    """The two shipped checkpoints differ only in the training loss. At the demo grids' most aggressive
-    thresholds the layer-wise one keeps far more quality: 90.0% vs 54.8% of full CIDEr-D, 99.0% vs 61.7% of
-    full accuracy on 200 test samples (benchmarks/tradeoff.py; benchmarks/RESULTS.md, stop 15)."""
+AGGRESSIVE = ExitConfig(tau_img=-1.0, tau_txt=-1.0, tau_dec=-1.0, encoder_mode="freeze")  # the demo grids' end
+
+
+def _kept(model, task: str, n: int, exits: ExitConfig) -> float:
+    """Quality at `exits` over full-model quality, on the first n test samples."""
     from mue_bench.metrics import caption_scores
 
     def quality(samples, preds) -> float:
@@ -99,9 +97,24 @@ def test_the_layerwise_loss_keeps_more_quality_than_its_final_loss_control(adapt
             return float(np.mean([p == s.label for p, s in zip(preds, samples)]))
         return caption_scores({"x": preds}, [s.references for s in samples], meteor=False)["x"]["cider"]
 
-    kept = {}
-    for name, model in (("layerwise", adapter), ("final", TinyAdapter.load("mue-tiny-finalloss"))):
-        samples, full = _predict(model, task, n)
-        _, early = _predict(model, task, n, aggressive)
-        kept[name] = quality(samples, early) / quality(samples, full)
+    samples, full = _predict(model, task, n)
+    _, early = _predict(model, task, n, exits)
+    return quality(samples, early) / quality(samples, full)
+
+
+@pytest.mark.parametrize("task, n, margin", [("caption", 60, 0.25), ("entailment", 150, 0.25)])
+def test_the_layerwise_loss_keeps_more_quality_than_its_final_loss_control(adapter, task, n, margin):
+    """The two shipped checkpoints differ only in the training loss. At the demo grids' most aggressive
+    thresholds (every stream exits after one layer) the layer-wise one keeps far more quality: 78.2% vs 39.0%
+    of full CIDEr-D, 87.6% vs 48.6% of full accuracy on 200 test samples (benchmarks/tradeoff.py;
+    benchmarks/RESULTS.md, stop 16)."""
+    kept = {"layerwise": _kept(adapter, task, n, AGGRESSIVE),
+            "final": _kept(TinyAdapter.load("mue-tiny-finalloss"), task, n, AGGRESSIVE)}
     assert kept["layerwise"] > kept["final"] + margin, kept
+
+
+def test_the_caption_trade_off_is_not_flat(adapter):
+    """Issue 2: the most aggressive thresholds lose >= 20% quality. One layer per stream keeps 78.2% of full
+    CIDEr-D on 200 test images (benchmarks/tradeoff.py); stage 4 trains with few encoder exits
+    (`encoder_exit_fraction` 0.1) so that shallow layers stay cheaper, not as good (RESULTS.md, stop 16)."""
+    assert _kept(adapter, "caption", 60, AGGRESSIVE) < 0.85
