@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from mue_bench.data.loaders import Sample
 from mue_bench.data.registry import load_samples
 from mue_bench.data.shapes import NEUTRAL_PROPERTIES
 from mue_bench.models.tiny_adapter import TinyAdapter
@@ -61,7 +62,7 @@ def exit_layers(text: str) -> tuple[int, int, int]:
     return img, txt, dec
 
 
-def accuracy_by_type(adapter: TinyAdapter, samples: list, exit_at: tuple[int, int, int] | None,
+def accuracy_by_type(adapter: TinyAdapter, samples: list[Sample], exit_at: tuple[int, int, int] | None,
                      ) -> dict[tuple[str, str], list[bool]]:
     cfg = ExitConfig(encoder_mode="freeze", fixed_exit=exit_at)
     correct = defaultdict(list)
