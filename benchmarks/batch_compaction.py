@@ -17,20 +17,19 @@ make exits nearly uniform across samples, so only the shipped model shows what v
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from statistics import median
 
 import numpy as np
 import torch
 
-from mue_bench.data.loaders import load_karpathy
-from mue_bench.data.shapes import ensure
+from mue_bench.data.registry import load_samples
 from mue_bench.models.random_hf import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny import TinyConfig, TinyOFA
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
+from mue_bench.spec import DataSpec
 from mue_bench.timing import timed
 
 DEMO_POINTS = [(0.99, 0.99, 0.98), (0.97, 0.97, 0.9), (0.995, 0.97, 0.995)]
@@ -64,8 +63,7 @@ def _median_point(adapter, batch, decoding) -> tuple[float, float, float]:
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> list[dict]:
     if name in ("mue-tiny", "wide"):
         adapter = _adapter(name)
-        root = ensure(Path("data/shapes"), 0)
-        batch = adapter.prepare(load_karpathy(root / "dataset_coco.json", root, "test")[:batch_size])
+        batch = adapter.prepare(load_samples(DataSpec(task="caption"))[:batch_size])
     else:  # a transformers model with random weights, e.g. florence2-large or t5gemma2-270m
         adapter, batch = random_hf_model(name, batch_size)
     adapter.model.to(device)

@@ -1,11 +1,13 @@
 """Entailment accuracy of a checkpoint per hypothesis type and label on shapes, to see what it grounds.
 
 Types follow the generator's templates: colour ("there is a red shape"), count ("there are two shapes"),
-kind ("there is a circle"), spatial ("the red circle is left of the blue square"), neutral (properties
-the image cannot show). `--exits` adds a column per fixed exit (image, text, decoder layers), to see which
-types need depth: those are what a threshold trades away first.
+kind ("there is a circle", version 2), colour-kind ("there is a red circle", version 3), spatial ("the red
+circle is left of the blue square"; in version 3 also the neutral ones, naming a shape the image lacks),
+property (version 2's neutral: "the red circle is heavy"). `--exits` adds a column per fixed exit (image,
+text, decoder layers), to see which types need depth: those are what a threshold trades away first.
 
-    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--exits 1,1,1 3,3,3]
+    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 3]
+        [--exits 1,1,1 3,3,3]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from mue_bench.data.loaders import Sample
 from mue_bench.data.registry import load_samples
-from mue_bench.data.shapes import NEUTRAL_PROPERTIES
+from mue_bench.data.shapes import NEUTRAL_PROPERTIES, VERSIONS
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.spec import DataSpec
@@ -28,12 +30,12 @@ def hypothesis_type(h: str) -> str:
     if "left of" in h:
         return "spatial"
     if words[-1] in NEUTRAL_PROPERTIES:
-        return "neutral"
+        return "property"
     if words[-1] == "shape" and len(words) == 5:
         return "colour"
     if words[-1] in ("shape", "shapes"):
         return "count"
-    return "kind"
+    return "colour-kind" if len(words) == 5 else "kind"
 
 
 def main() -> None:
@@ -41,19 +43,21 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mue-tiny")
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--split", default="test")
+    parser.add_argument("--version", type=int, default=3, choices=VERSIONS, help="shapes generator version")
     parser.add_argument("--exits", nargs="*", type=exit_layers, default=[],
                         help="fixed exits to add as columns, each IMG,TXT,DEC layers (e.g. 1,1,1)")
     args = parser.parse_args()
     adapter = TinyAdapter.load(args.checkpoint)
-    samples = load_samples(DataSpec(task="entailment", split=args.split, limit=args.limit))
+    samples = load_samples(DataSpec(task="entailment", split=args.split, limit=args.limit,
+                                        version=args.version))
     columns = {"full": None} | {"exit " + ".".join(map(str, e)): e for e in args.exits}
     correct = {name: accuracy_by_type(adapter, samples, exit_at) for name, exit_at in columns.items()}
-    print(f"{args.checkpoint} on shapes {args.split}, n={len(samples)}; accuracy")
-    print(f"{'type':<10}{'label':<15}{'n':>5}" + "".join(f"{name:>11}" for name in columns))
+    print(f"{args.checkpoint} on shapes v{args.version} {args.split}, n={len(samples)}; accuracy")
+    print(f"{'type':<13}{'label':<15}{'n':>5}" + "".join(f"{name:>11}" for name in columns))
     for key in sorted(correct["full"]):
-        print(f"{key[0]:<10}{key[1]:<15}{len(correct['full'][key]):>5}"
+        print(f"{key[0]:<13}{key[1]:<15}{len(correct['full'][key]):>5}"
               + "".join(f"{np.mean(c[key]):>11.3f}" for c in correct.values()))
-    print(f"{'overall':<25}{len(samples):>5}"
+    print(f"{'overall':<28}{len(samples):>5}"
           + "".join(f"{np.mean([h for v in c.values() for h in v]):>11.3f}" for c in correct.values()))
 
 

@@ -15,19 +15,18 @@ cosine similarity over the whole flattened batch per layer and a Python `if` on 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from statistics import median
 
 import torch
 import torch.nn.functional as F
 
-from mue_bench.data.loaders import load_karpathy
-from mue_bench.data.shapes import ensure
+from mue_bench.data.registry import load_samples
 from mue_bench.models.random_hf import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
+from mue_bench.spec import DataSpec
 from mue_bench.timing import timed
 
 
@@ -68,8 +67,7 @@ def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> l
 def _load(name: str, batch_size: int, device: torch.device):
     if name == "mue-tiny":
         adapter = TinyAdapter.load("mue-tiny")
-        root = ensure(Path("data/shapes"), 0)
-        samples = (load_karpathy(root / "dataset_coco.json", root, "test") * batch_size)[:batch_size]
+        samples = (load_samples(DataSpec(task="caption")) * batch_size)[:batch_size]
         batch = adapter.prepare(samples)
     else:
         adapter, batch = random_hf_model(name, batch_size)

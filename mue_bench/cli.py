@@ -155,7 +155,9 @@ def evaluate(
     encoder_mode: Annotated[str, typer.Option(help="freeze (joint encoder, mue-tiny's own) or split.")] = "freeze",
     schedule: Annotated[str, typer.Option(help="Decoder threshold schedule: constant or official.")] = "constant",
     beams: Annotated[int, typer.Option(help="Beam size.")] = 1,
-    data_root: Annotated[str, typer.Option(help="Where the shapes benchmark lives.")] = "data/shapes",
+    data_root: Annotated[str | None, typer.Option(
+        help="Where the shapes benchmark lives [default: data/shapes-v<version>].")] = None,
+    data_version: Annotated[int, typer.Option(help="shapes generator version (2 or 3).")] = 3,
     limit: LimitOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -167,7 +169,8 @@ def evaluate(
         with tempfile.TemporaryDirectory() as out:
             s = _validate_spec({
                 "name": "eval", "model": {"checkpoint": checkpoint},
-                "data": {"task": task, "split": split, "root": data_root, "limit": limit},
+                "data": {"task": task, "split": split, "root": data_root, "version": data_version,
+                         "limit": limit},
                 "decoding": {"num_beams": beams, "no_repeat_ngram": 3 if task == "caption" else 0},
                 "grid": {"tau_img": [img], "tau_txt": [txt], "tau_dec": [dec], "kv_fill": [kv_fill],
                          "encoder_mode": [encoder_mode], "dec_schedule": [schedule]},

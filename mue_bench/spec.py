@@ -44,9 +44,10 @@ class DataSpec(_Strict):
     task: Literal["caption", "entailment"] = "caption"
     split: str = "test"
     limit: int | None = Field(default=None, ge=1)
-    # shapes: generated here if missing; coco-karpathy / snli-ve: where the files are.
-    root: str = "data/shapes"
+    # shapes: generated here if missing (default data/shapes-v<version>); coco-karpathy / snli-ve: unused.
+    root: str | None = None
     seed: int = 0
+    version: Literal[2, 3] = 3  # shapes generator version: 2 had a wording shortcut (data/shapes.py)
     annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file
     images: str | None = None  # image root
     image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID
@@ -59,6 +60,14 @@ class DataSpec(_Strict):
         if self.dataset != "shapes" and (self.annotations is None or self.images is None):
             raise ValueError(f"dataset {self.dataset!r} needs both 'annotations' and 'images' paths")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_shapes_root(cls, data: object) -> object:
+        # One folder per generator version: a v2 and a v3 run never regenerate each other's files.
+        if isinstance(data, dict) and data.get("dataset", "shapes") == "shapes" and data.get("root") is None:
+            return data | {"root": f"data/shapes-v{data.get('version', cls.model_fields['version'].default)}"}
+        return data
 
 
 class DecodingSpec(_Strict):

@@ -4,6 +4,8 @@ import hashlib
 import json
 from collections import Counter
 
+import pytest
+
 from mue_bench.data import shapes
 from mue_bench.data.loaders import load_karpathy, load_snli_ve
 
@@ -53,3 +55,49 @@ def test_ensure_without_sizes_accepts_any_benchmark_of_that_seed(tmp_path):
     root = shapes.ensure(tmp_path / "s", seed=3, sizes={"test": 2})
     shapes.ensure(root, seed=3)
     assert json.loads((root / shapes.MARKER).read_text())["sizes"] == {"test": 2}
+
+
+def _relation_names(hypothesis: str) -> tuple[str, str]:
+    """("red circle", "blue square") from "the red circle is left of the blue square"."""
+    first, second = hypothesis.removeprefix("the ").split(" is left of the ")
+    return first, second
+
+
+def test_version_3_changes_only_the_entailment_files(tmp_path):
+    sizes = {"train": 20, "test": 10}
+    v2 = shapes.generate(tmp_path / "v2", seed=5, sizes=sizes, version=2)
+    v3 = shapes.generate(tmp_path / "v3", seed=5, sizes=sizes, version=3)
+    for name in ["dataset_coco.json"] + [f"images/{p.name}" for p in (v2 / "images").iterdir()]:
+        assert (v2 / name).read_bytes() == (v3 / name).read_bytes(), name
+    assert (v2 / "snli_ve_test.jsonl").read_bytes() != (v3 / "snli_ve_test.jsonl").read_bytes()
+
+
+def test_version_3_neutral_hypotheses_are_worded_as_relations_and_name_a_missing_shape(tmp_path):
+    root = shapes.generate(tmp_path / "s", seed=0, sizes={"train": 300}, version=3)
+    present = {img["filename"].removesuffix(".png"): img["sentences"][0]["raw"]
+               for img in json.loads((root / "dataset_coco.json").read_text())["images"]}
+    rows = [json.loads(line) for line in (root / "snli_ve_train.jsonl").read_text().splitlines()]
+    relations = Counter(r["gold_label"] for r in rows if " is left of " in r["sentence2"])
+    # The template no longer gives the label away: true, reversed and neutral relations all occur.
+    assert min(relations.values()) > 60 and set(relations) == {"entailment", "contradiction", "neutral"}
+    for r in rows:
+        if r["gold_label"] == "neutral":
+            names = _relation_names(r["sentence2"])
+            caption = present[r["Flickr30K_ID"]]  # "a small red circle and a large blue square"
+            missing = [n for n in names if n not in caption]
+            assert len(missing) == 1, r
+            # It shares a colour or a kind with a shape the image has, so neither alone shows it is missing.
+            colour, kind = missing[0].split()
+            assert f"{colour} " in caption or f" {kind}" in caption, r
+
+
+def test_ensure_regenerates_when_the_version_differs(tmp_path):
+    root = shapes.ensure(tmp_path / "s", seed=0, sizes={"test": 2}, version=2)
+    shapes.ensure(root, seed=0, version=3)
+    assert json.loads((root / shapes.MARKER).read_text())["version"] == 3
+
+
+def test_an_unknown_generator_version_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="version 9"):
+        shapes.generate(tmp_path / "s", version=9)
+    assert not (tmp_path / "s").exists()

@@ -12,7 +12,7 @@ from mue_bench.spec import DataSpec
 
 def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
     if spec.dataset == "shapes":
-        root = shapes.ensure(Path(spec.root), spec.seed)
+        root = shapes.ensure(Path(spec.root or ""), spec.seed, version=spec.version)
         if spec.task == "caption":
             samples = load_karpathy(root / "dataset_coco.json", root, spec.split)
         else:

@@ -34,7 +34,11 @@ SHAPES = ("circle", "square", "triangle")
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 NEUTRAL_PROPERTIES = ("heavy", "new", "old", "soft", "warm", "wooden")
 SPLIT_SIZES = {"train": 6000, "val": 500, "test": 500}
-GENERATOR_VERSION = 2
+# 2: neutral hypotheses name a property no image shows ("the red circle is heavy"): a wording shortcut.
+# 3: every neutral hypothesis is a left-of relation naming one shape the image lacks, worded exactly as the
+#    true and false relations are, so only the image tells the three apart. Images and captions are as in 2.
+GENERATOR_VERSION = 3
+VERSIONS = (2, 3)
 MARKER = "shapes.json"
 
 
@@ -133,8 +137,48 @@ def hypotheses(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]
             (neutral, "neutral")]
 
 
-def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+def _absent_like(shapes: list[Shape], rng: random.Random) -> str:
+    """A shape the image lacks that shares its colour or its kind with one it has, so that neither colour
+    nor kind alone shows it is missing."""
+    present = {(s.color, s.kind) for s in shapes}
+    near = [(c, k) for s in shapes for c, k in [(s.color, k) for k in SHAPES] + [(c, s.kind) for c in COLORS]
+            if (c, k) not in present]
+    color, kind = rng.choice(sorted(set(near)))
+    return f"{color} {kind}"
+
+
+def hypotheses_v3(shapes: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    """Three (hypothesis, label) pairs, one per label. Relations carry all three labels: true, reversed, or
+    naming a shape the image lacks (neutral: the image cannot say where a missing shape would be). Where an
+    image has two or more shapes, three in four true and false hypotheses are relations; the rest are
+    colour, count and colour-kind claims, so counting and binding still matter."""
+    n = len(shapes)
+    present_colors = {s.color for s in shapes}
+    absent_colors = [c for c in COLORS if c not in present_colors]
+    counts = [c for c in COUNT_WORDS if c != n and c > 1]
+    entail = [f"there is a {rng.choice(shapes).color} shape",
+              f"there {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} {'shape' if n == 1 else 'shapes'}",
+              f"there is a {rng.choice(shapes).name}"]
+    contra = [f"there is a {rng.choice(absent_colors)} shape",
+              f"there are {COUNT_WORDS[rng.choice(counts)]} shapes",
+              f"there is a {_absent_like(shapes, rng)}"]
+    if n > 1 and rng.random() < 0.75:
+        left, right = sorted(rng.sample(shapes, 2), key=lambda s: s.x)
+        entail = [f"the {left.name} is left of the {right.name}"]
+    if n > 1 and rng.random() < 0.75:
+        left, right = sorted(rng.sample(shapes, 2), key=lambda s: s.x)
+        contra = [f"the {right.name} is left of the {left.name}"]
+    named, missing = f"the {rng.choice(shapes).name}", f"the {_absent_like(shapes, rng)}"
+    first, second = (named, missing) if rng.random() < 0.5 else (missing, named)
+    return [(rng.choice(entail), "entailment"), (rng.choice(contra), "contradiction"),
+            (f"{first} is left of {second}", "neutral")]
+
+
+def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None,
+             version: int = GENERATOR_VERSION) -> Path:
     """Write the benchmark under `root` atomically (a temp dir renamed into place)."""
+    if version not in VERSIONS:
+        raise ValueError(f"shapes generator version {version} is not one of {VERSIONS}")
     sizes = sizes or SPLIT_SIZES
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -155,14 +199,17 @@ def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> 
                     "imgid": image_id, "cocoid": image_id,
                     "sentences": [{"raw": c, "tokens": c.split()} for c in captions(shapes)],
                 })
-                for k, (hyp, label) in enumerate(hypotheses(shapes, rng)):
+                pairs = hypotheses(shapes, rng)  # drawn in every version: it keeps images and captions as in 2
+                if version >= 3:
+                    pairs = hypotheses_v3(shapes, random.Random(f"{seed}/{image_id}"))
+                for k, (hyp, label) in enumerate(pairs):
                     rows.append({"pairID": f"{image_id}-{k}", "Flickr30K_ID": f"shapes_{image_id:06d}",
                                  "sentence2": hyp, "gold_label": label})
                 image_id += 1
             with open(tmp / f"snli_ve_{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         (tmp / "dataset_coco.json").write_text(json.dumps({"images": karpathy}))
-        (tmp / MARKER).write_text(json.dumps({"seed": seed, "sizes": sizes, "version": GENERATOR_VERSION}))
+        (tmp / MARKER).write_text(json.dumps({"seed": seed, "sizes": sizes, "version": version}))
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -172,13 +219,14 @@ def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> 
     return root
 
 
-def ensure(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
-    """Generate the benchmark unless `root` already holds one from the same seed (and the same
-    split sizes, when sizes are given)."""
+def ensure(root: Path, seed: int = 0, sizes: dict[str, int] | None = None,
+           version: int = GENERATOR_VERSION) -> Path:
+    """Generate the benchmark unless `root` already holds one from the same seed and version (and the
+    same split sizes, when sizes are given)."""
     marker = Path(root) / MARKER
     if marker.exists():
         found = json.loads(marker.read_text())
-        if (found.get("seed"), found.get("version")) == (seed, GENERATOR_VERSION) and (
+        if (found.get("seed"), found.get("version")) == (seed, version) and (
                 sizes is None or found.get("sizes") == sizes):
             return Path(root)
-    return generate(Path(root), seed, sizes)
+    return generate(Path(root), seed, sizes, version)
