@@ -6,7 +6,7 @@ circle is left of the blue square"; in version 3 also the neutral ones, naming a
 property (version 2's neutral: "the red circle is heavy"). `--exits` adds a column per fixed exit (image,
 text, decoder layers), to see which types need depth: those are what a threshold trades away first.
 
-    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 3]
+    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 2]
         [--exits 1,1,1 3,3,3]
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mue-tiny")
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--version", type=int, default=3, choices=VERSIONS, help="shapes generator version")
+    parser.add_argument("--version", type=int, default=2, choices=VERSIONS, help="shapes generator version")
     parser.add_argument("--exits", nargs="*", type=exit_layers, default=[],
                         help="fixed exits to add as columns, each IMG,TXT,DEC layers (e.g. 1,1,1)")
     args = parser.parse_args()

@@ -157,7 +157,7 @@ def evaluate(
     beams: Annotated[int, typer.Option(help="Beam size.")] = 1,
     data_root: Annotated[str | None, typer.Option(
         help="Where the shapes benchmark lives [default: data/shapes-v<version>].")] = None,
-    data_version: Annotated[int, typer.Option(help="shapes generator version (2 or 3).")] = 3,
+    data_version: Annotated[int, typer.Option(help="shapes generator version (2 or 3).")] = 2,
     limit: LimitOpt = None,
     device: DeviceOpt = None,
 ) -> None:

@@ -47,7 +47,7 @@ class DataSpec(_Strict):
     # shapes: generated here if missing (default data/shapes-v<version>); coco-karpathy / snli-ve: unused.
     root: str | None = None
     seed: int = 0
-    version: Literal[2, 3] = 3  # shapes generator version: 2 had a wording shortcut (data/shapes.py)
+    version: Literal[2, 3] = 2  # shapes generator version; see data/shapes.py (3: no wording shortcut)
     annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file
     images: str | None = None  # image root
     image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID

@@ -32,9 +32,8 @@ class TrainConfig(BaseModel):
 
     data_root: str = "data/shapes"
     data_seed: int = 0
-    # The shapes generator version (data/shapes.py). Configs written before version 3 existed name none
-    # and trained on 2, so 2 stays the default: they still reproduce their checkpoints.
-    data_version: Literal[2, 3] = 2
+    # The shapes generator version (data/shapes.py); every config trained on version 2 says so.
+    data_version: Literal[2, 3] = shapes.DEFAULT_VERSION
     seed: int = 0
     steps: int = 3000
     batch_size: int = 64

@@ -105,5 +105,5 @@ def test_ranges_expand_and_full_model_comes_first(tmp_path):
 def test_each_shapes_version_has_its_own_default_folder():
     from mue_bench.spec import DataSpec
 
-    assert DataSpec().root == "data/shapes-v3" and DataSpec(version=2).root == "data/shapes-v2"
+    assert DataSpec().root == "data/shapes-v2" and DataSpec(version=3).root == "data/shapes-v3"
     assert DataSpec(root="elsewhere", version=2).root == "elsewhere"
