@@ -1,12 +1,12 @@
 """Entailment accuracy of a checkpoint per hypothesis type and label on shapes, to see what it grounds.
 
 Types follow the generator's templates: colour ("there is a red shape"), count ("there are two shapes"),
-kind ("there is a circle", version 2), colour-kind ("there is a red circle", version 3), spatial ("the red
-circle is left of the blue square"; in version 3 also the neutral ones, naming a shape the image lacks),
+kind ("there is a circle", version 2), colour-kind ("there is a red circle", versions 3 and 4), spatial ("the
+red circle is left of the blue square"; from version 3 also the neutral ones, naming a shape the image lacks),
 property (version 2's neutral: "the red circle is heavy"). `--exits` adds a column per fixed exit (image,
 text, decoder layers), to see which types need depth: those are what a threshold trades away first.
 
-    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 2]
+    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 4]
         [--exits 1,1,1 3,3,3]
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from mue_bench.data.loaders import Sample
 from mue_bench.data.registry import load_samples
-from mue_bench.data.shapes import NEUTRAL_PROPERTIES, VERSIONS
+from mue_bench.data.shapes import DEFAULT_VERSION, NEUTRAL_PROPERTIES, VERSIONS
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.spec import DataSpec
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="mue-tiny")
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--version", type=int, default=2, choices=VERSIONS, help="shapes generator version")
+    parser.add_argument("--version", type=int, default=DEFAULT_VERSION, choices=VERSIONS,
+                        help="shapes generator version")
     parser.add_argument("--exits", nargs="*", type=exit_layers, default=[],
                         help="fixed exits to add as columns, each IMG,TXT,DEC layers (e.g. 1,1,1)")
     args = parser.parse_args()

@@ -157,7 +157,8 @@ def evaluate(
     beams: Annotated[int, typer.Option(help="Beam size.")] = 1,
     data_root: Annotated[str | None, typer.Option(
         help="Where the shapes benchmark lives [default: data/shapes-v<version>].")] = None,
-    data_version: Annotated[int, typer.Option(help="shapes generator version (2 or 3).")] = 2,
+    data_version: Annotated[int | None, typer.Option(
+        help="shapes generator version (2, 3 or 4) [default: the one the shipped model was trained on].")] = None,
     limit: LimitOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -169,8 +170,8 @@ def evaluate(
         with tempfile.TemporaryDirectory() as out:
             s = _validate_spec({
                 "name": "eval", "model": {"checkpoint": checkpoint},
-                "data": {"task": task, "split": split, "root": data_root, "version": data_version,
-                         "limit": limit},
+                "data": {"task": task, "split": split, "root": data_root, "limit": limit}
+                        | ({} if data_version is None else {"version": data_version}),
                 "decoding": {"num_beams": beams, "no_repeat_ngram": 3 if task == "caption" else 0},
                 "grid": {"tau_img": [img], "tau_txt": [txt], "tau_dec": [dec], "kv_fill": [kv_fill],
                          "encoder_mode": [encoder_mode], "dec_schedule": [schedule]},

@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mue_bench.data.shapes import DEFAULT_VERSION
 from mue_bench.errors import SpecError
 from mue_bench.mue.config import NO_EXIT, ExitConfig
 
@@ -47,7 +48,7 @@ class DataSpec(_Strict):
     # shapes: generated here if missing (default data/shapes-v<version>); coco-karpathy / snli-ve: unused.
     root: str | None = None
     seed: int = 0
-    version: Literal[2, 3] = 2  # shapes generator version; see data/shapes.py (3: no wording shortcut)
+    version: Literal[2, 3, 4] = DEFAULT_VERSION  # shapes generator version; see data/shapes.py
     annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file
     images: str | None = None  # image root
     image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID

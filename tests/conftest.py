@@ -63,12 +63,13 @@ def shapes_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory, shapes_root) -> Path:
-    """A random mue-tiny checkpoint whose tokenizer covers the shapes vocabulary."""
+    """A random mue-tiny checkpoint whose tokenizer covers the shapes vocabulary of every generator version
+    (version 2's neutral properties included), so the random model does not change with the default one."""
     from mue_bench.models.tiny_inputs import prompt
 
     samples = training_samples(shapes_root, "train")
     tok = WordTokenizer.build([prompt(s) for s in samples] + [r for s in samples for r in s.references]
-                              + ["yes no maybe"])
+                              + ["yes no maybe", " ".join(shapes.NEUTRAL_PROPERTIES)])
     torch.manual_seed(0)
     model = randomise(TinyOFA(TinyConfig(vocab_size=len(tok), d_model=32, n_heads=2, d_ff=64)))
     out = tmp_path_factory.mktemp("ckpt") / "random-tiny"

@@ -101,3 +101,36 @@ def test_an_unknown_generator_version_is_refused(tmp_path):
     with pytest.raises(ValueError, match="version 9"):
         shapes.generate(tmp_path / "s", version=9)
     assert not (tmp_path / "s").exists()
+
+
+def _scene(*xs: int) -> list[shapes.Shape]:
+    kinds = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("white", "circle")]
+    return [shapes.Shape(c, k, "small", x, 10 + 12 * i, 4) for i, ((c, k), x) in enumerate(zip(kinds, xs))]
+
+
+def _true_and_false_relations(scene, min_gap):
+    for seed in range(200):
+        for hyp, label in shapes.hypotheses_v3(scene, shapes.random.Random(seed), min_gap=min_gap):
+            if " is left of " in hyp and label != "neutral":
+                yield _relation_names(hyp), label
+
+
+def test_version_4_relates_only_shapes_a_clear_gap_apart():
+    near = _scene(20, 25)  # 5 px apart: version 3 relates them, version 4 says something else
+    assert any(True for _ in _true_and_false_relations(near, 0))
+    assert not any(True for _ in _true_and_false_relations(near, shapes.RELATION_GAP))
+    # Red at 10 and blue at 14 are too close; green at 30 is clear of both, so every relation names it.
+    named = {names for names, _ in _true_and_false_relations(_scene(10, 14, 30), shapes.RELATION_GAP)}
+    assert named == {("red circle", "green triangle"), ("blue square", "green triangle"),
+                     ("green triangle", "red circle"), ("green triangle", "blue square")}
+
+
+def test_version_4_keeps_the_images_and_captions_and_relations_of_all_three_labels(tmp_path):
+    v3 = shapes.generate(tmp_path / "v3", seed=0, sizes={"train": 300}, version=3)
+    v4 = shapes.generate(tmp_path / "v4", seed=0, sizes={"train": 300}, version=4)
+    for name in ["dataset_coco.json"] + [f"images/{p.name}" for p in (v3 / "images").iterdir()]:
+        assert (v3 / name).read_bytes() == (v4 / name).read_bytes(), name
+    rows = [json.loads(line) for line in (v4 / "snli_ve_train.jsonl").read_text().splitlines()]
+    assert rows != [json.loads(line) for line in (v3 / "snli_ve_train.jsonl").read_text().splitlines()]
+    relations = Counter(r["gold_label"] for r in rows if " is left of " in r["sentence2"])
+    assert min(relations.values()) > 60 and set(relations) == {"entailment", "contradiction", "neutral"}

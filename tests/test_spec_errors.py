@@ -42,7 +42,7 @@ CASES = {
     "unknown field": ({'limit = 2': 'limit = 2\nlimmit = 3'}, "data.limmit: unknown field"),
     "wrong type": ({'limit = 2': 'limit = "two"'}, "data.limit"),
     "threshold outside [-1, 2]": ({'tau_dec = [0.9]': 'tau_dec = [2.5]'}, "outside [-1, 2]"),
-    "unknown shapes version": ({'limit = 2': 'limit = 2\nversion = 4'}, "data.version"),
+    "unknown shapes version": ({'limit = 2': 'limit = 2\nversion = 9'}, "data.version"),
     "empty grid": ({'tau_img = [0.9]': 'tau_img = []'}, "grid.tau_img: empty threshold list"),
     "unknown model family": ({'family = "mue-tiny"': 'family = "gpt5"'}, "model.family"),
     "missing dataset path": ({'dataset = "shapes"': 'dataset = "coco-karpathy"\nannotations = "/nope/x.json"\n'
@@ -103,7 +103,8 @@ def test_ranges_expand_and_full_model_comes_first(tmp_path):
 
 
 def test_each_shapes_version_has_its_own_default_folder():
+    from mue_bench.data.shapes import DEFAULT_VERSION
     from mue_bench.spec import DataSpec
 
-    assert DataSpec().root == "data/shapes-v2" and DataSpec(version=3).root == "data/shapes-v3"
+    assert DataSpec().root == f"data/shapes-v{DEFAULT_VERSION}" and DataSpec(version=3).root == "data/shapes-v3"
     assert DataSpec(root="elsewhere", version=2).root == "elsewhere"

@@ -6,7 +6,7 @@ from mue_bench.train import TrainConfig, layer_losses, train
 
 
 def test_a_few_steps_make_the_loss_fall(shapes_root, tmp_path):
-    cfg = TrainConfig(data_root=str(shapes_root), steps=30, batch_size=8, d_model=32, n_heads=2, d_ff=64,
+    cfg = TrainConfig(data_root=str(shapes_root), steps=50, batch_size=8, d_model=32, n_heads=2, d_ff=64,
                       warmup=5, lr=3e-3)
     out = tmp_path / "ckpt"
     summary = train(cfg, out, log=lambda _: None)
