@@ -79,6 +79,20 @@ class TrainConfig(BaseModel):
             raise SpecError(f"{path}: {str(e).splitlines()[0]} ({_first_error(e)})") from None
 
 
+def stages(config: Path) -> list[Path]:
+    """The training configs a run of `config` trains, first stage first: every earlier one it reaches through
+    `continue_from`, then itself. A missing stage or a cycle (which would recurse forever) is a SpecError."""
+    chain = [Path(config)]
+    cfg = TrainConfig.from_file(chain[0])
+    while cfg.continue_from is not None:
+        earlier = Path(cfg.continue_from)
+        if earlier.resolve() in {p.resolve() for p in chain}:
+            raise SpecError(f"{chain[-1]}: continue_from {earlier} leads back to itself (a cycle of stages)")
+        chain.append(earlier)
+        cfg = TrainConfig.from_file(earlier)
+    return chain[::-1]
+
+
 def _first_error(e: ValueError) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):

@@ -56,6 +56,28 @@ def test_a_second_stage_continues_from_its_first_stage_config(shapes_root, tmp_p
         assert torch.equal(pa, pb), name  # retraining stage 1 and loading it give the same stage 2
 
 
+def test_a_cycle_of_stages_is_refused_in_one_line_before_any_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from mue_bench.cli import app
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(TrainConfig(steps=1, continue_from=str(b)).model_dump_json())
+    b.write_text(TrainConfig(steps=1, continue_from=str(a)).model_dump_json())
+    result = CliRunner().invoke(app, ["train", "--config", str(a), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "cycle" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_stages_lists_the_chain_first_stage_first(tmp_path):
+    from mue_bench.train import stages
+
+    first, second = tmp_path / "1.json", tmp_path / "2.json"
+    first.write_text(TrainConfig(steps=1).model_dump_json())
+    second.write_text(TrainConfig(steps=1, continue_from=str(first)).model_dump_json())
+    assert stages(second) == [first, second]
+
+
 def test_embedding_std_sets_the_position_and_modality_embeddings_and_nothing_else(shapes_root):
     small = dict(data_root=str(shapes_root), steps=1, lr=1e-9, batch_size=4, d_model=32, n_heads=2, d_ff=64)
     default = train(TrainConfig(**small), None, log=lambda _: None)["model"]
