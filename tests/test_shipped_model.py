@@ -35,13 +35,12 @@ def test_checkpoint_is_safetensors_only_and_small(name):
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("train-mue-tiny*.json")), ids=lambda p: p.name)
-def test_every_training_config_validates_and_its_earlier_stages_exist(config):
-    from mue_bench.train import TrainConfig
+def test_every_training_config_validates_and_its_earlier_stages_exist(config, monkeypatch):
+    from mue_bench.train import stages
 
-    cfg = TrainConfig.from_file(config)
-    while cfg.continue_from is not None:
-        assert (ROOT / cfg.continue_from).is_file(), f"{config.name}: {cfg.continue_from} is missing"
-        cfg = TrainConfig.from_file(ROOT / cfg.continue_from)
+    monkeypatch.chdir(ROOT)  # continue_from is relative to the repository root, where `mue-bench train` runs
+    chain = stages(config.relative_to(ROOT))
+    assert chain[-1] == config.relative_to(ROOT) and all(p.is_file() for p in chain)
 
 
 @pytest.mark.parametrize("name", ["mue-tiny", "mue-tiny-finalloss"])
@@ -70,9 +69,9 @@ def _predict(adapter, task, n, exits: ExitConfig | None = None):
 
 
 def test_full_model_entailment_accuracy_floor(adapter):
-    # The model card's figure is 0.963 on all 1500 test hypotheses (0.967 on these 150).
+    # The model card's figure is 0.903 on all 1500 shapes v4 test hypotheses (0.920 on these 150).
     samples, preds = _predict(adapter, "entailment", 150)
-    assert np.mean([p == s.label for p, s in zip(preds, samples)]) >= 0.92
+    assert np.mean([p == s.label for p, s in zip(preds, samples)]) >= 0.88
 
 
 def test_full_model_captions_beat_a_constant_caption(adapter):
@@ -102,20 +101,28 @@ def _kept(model, task: str, n: int, exits: ExitConfig) -> float:
     return quality(samples, early) / quality(samples, full)
 
 
-@pytest.mark.parametrize("task, n, margin", [("caption", 60, 0.25), ("entailment", 150, 0.25)])
+@pytest.mark.parametrize("task, n, margin", [("caption", 60, 0.25), ("entailment", 150, 0.2)])
 def test_the_layerwise_loss_keeps_more_quality_than_its_final_loss_control(adapter, task, n, margin):
     """The two shipped checkpoints differ only in the training loss. At the demo grids' most aggressive
-    thresholds (every stream exits after one layer) the layer-wise one keeps far more quality: 78.2% vs 39.0%
-    of full CIDEr-D, 87.6% vs 48.6% of full accuracy on 200 test samples (benchmarks/tradeoff.py;
-    benchmarks/RESULTS.md, stop 16)."""
+    thresholds (every stream exits after one layer) the layer-wise one keeps far more quality: 77.8% vs 44.5%
+    of full CIDEr-D, 75.1% vs 48.8% of full accuracy on 200 test samples (81.5% vs 46.4% and 73.9% vs 50.0%
+    on the samples here; benchmarks/tradeoff.py, benchmarks/RESULTS.md, stop 18)."""
     kept = {"layerwise": _kept(adapter, task, n, AGGRESSIVE),
             "final": _kept(TinyAdapter.load("mue-tiny-finalloss"), task, n, AGGRESSIVE)}
     assert kept["layerwise"] > kept["final"] + margin, kept
 
 
 def test_the_caption_trade_off_is_not_flat(adapter):
-    """Issue 2: the most aggressive thresholds lose >= 20% quality. One layer per stream keeps 78.2% of full
-    CIDEr-D on 200 test images (benchmarks/tradeoff.py). With half of stage 4's batches exited at random
-    encoder depths (v3) it kept 86.9%; a tenth (`encoder_exit_fraction` 0.1) leaves the first layers cheap
-    and worse, as in the paper's models (benchmarks/RESULTS.md, stop 16)."""
+    """Issue 2: the most aggressive thresholds lose >= 20% quality. One layer per stream keeps 77.8% of full
+    CIDEr-D on 200 test images, 81.5% on the 60 here (benchmarks/tradeoff.py). With half of stage 4's batches
+    exited at random encoder depths (v3) it kept 86.9%; a tenth (`encoder_exit_fraction` 0.1) leaves the
+    first layers cheap and worse, as in the paper's models (benchmarks/RESULTS.md, stop 16)."""
     assert _kept(adapter, "caption", 60, AGGRESSIVE) < 0.85
+
+
+def test_the_entailment_trade_off_is_not_flat(adapter):
+    """Issue 2 again, for entailment: one layer per stream keeps 75.1% of full accuracy on 200 shapes v4 test
+    hypotheses, 73.9% on the 150 here. On version 2 the shipped v4 checkpoint kept 87.6%: its neutral
+    hypotheses named a property no image shows, so the wording alone gave a third of the labels away
+    (benchmarks/RESULTS.md, stops 17 and 18)."""
+    assert _kept(adapter, "entailment", 150, AGGRESSIVE) < 0.8
