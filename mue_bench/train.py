@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
 
     data_root: str = "data/shapes"
     data_seed: int = 0
-    # The shapes generator version (data/shapes.py); every config trained on version 2 says so.
+    # The shapes generator version (data/shapes.py); every committed config names its own.
     data_version: Literal[2, 3, 4] = shapes.DEFAULT_VERSION
     seed: int = 0
     steps: int = 3000

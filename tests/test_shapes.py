@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import random
 from collections import Counter
 
 import pytest
@@ -110,7 +111,7 @@ def _scene(*xs: int) -> list[shapes.Shape]:
 
 def _true_and_false_relations(scene, min_gap):
     for seed in range(200):
-        for hyp, label in shapes.hypotheses_v3(scene, shapes.random.Random(seed), min_gap=min_gap):
+        for hyp, label in shapes.hypotheses_v3(scene, random.Random(seed), min_gap=min_gap):
             if " is left of " in hyp and label != "neutral":
                 yield _relation_names(hyp), label
 
