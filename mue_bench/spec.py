@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mue_bench.data.shapes import DEFAULT_VERSION
+from mue_bench.data.shapes import DEFAULT_VERSION, default_root
 from mue_bench.errors import SpecError
 from mue_bench.mue.config import NO_EXIT, ExitConfig
 
@@ -65,9 +65,8 @@ class DataSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_shapes_root(cls, data: object) -> object:
-        # One folder per generator version: a v2 and a v3 run never regenerate each other's files.
         if isinstance(data, dict) and data.get("dataset", "shapes") == "shapes" and data.get("root") is None:
-            return data | {"root": f"data/shapes-v{data.get('version', cls.model_fields['version'].default)}"}
+            return data | {"root": default_root(data.get("version", cls.model_fields["version"].default))}
         return data
 
 

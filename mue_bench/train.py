@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
@@ -30,7 +30,7 @@ from mue_bench.models.tokenizer import WordTokenizer
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data_root: str = "data/shapes"
+    data_root: str = ""  # "" (none named): shapes.default_root(data_version)
     data_seed: int = 0
     # The shapes generator version (data/shapes.py); every committed config names its own.
     data_version: Literal[2, 3, 4] = shapes.DEFAULT_VERSION
@@ -68,6 +68,14 @@ class TrainConfig(BaseModel):
     # (uniform over 1..enc_layers, per sample and stream), as the engine's `freeze` exits do. The layer-wise
     # loss trains the decoder's exits only; this also teaches the decoder to read early-exited encoder states.
     encoder_exit_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data_root(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("data_root"):
+            version = data.get("data_version", cls.model_fields["data_version"].default)
+            return data | {"data_root": shapes.default_root(version)}
+        return data
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:

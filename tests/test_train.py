@@ -142,3 +142,11 @@ def test_exit_training_changes_what_is_learned_and_zero_leaves_the_plain_recipe_
     plain = train(cfg, None, log=lambda _: None)["model"].state_dict()
     assert all(torch.equal(plain[k], weights[0.0][k]) for k in plain)
     assert not all(torch.equal(plain[k], weights[1.0][k]) for k in plain)
+
+
+def test_a_config_naming_no_data_folder_keeps_each_version_in_its_own():
+    from mue_bench.data import shapes
+
+    assert TrainConfig().data_root == f"data/shapes-v{shapes.DEFAULT_VERSION}"
+    assert TrainConfig(data_version=2).data_root == "data/shapes-v2"
+    assert TrainConfig(data_root="mine", data_version=2).data_root == "mine"

@@ -48,6 +48,12 @@ DEFAULT_VERSION = 4
 MARKER = "shapes.json"
 
 
+def default_root(version: int) -> str:
+    """Where a spec or training config that names no folder keeps a version: one folder per version, so runs on
+    different versions never regenerate each other's files."""
+    return f"data/shapes-v{version}"
+
+
 @dataclass(frozen=True)
 class Shape:
     color: str
