@@ -270,3 +270,13 @@ def test_analytic_flops_agree_with_torch_flop_counter(adapter, batch, fixed):
         [sample] = run_batch(adapter, one, cfg, decoding).samples
     measured = counter.get_total_flops() - 2 * adapter.model.get_output_embeddings().weight.numel() * len(sample.tokens)
     assert sample.flops == pytest.approx(measured, rel=0.05)
+
+
+def test_the_kv_cache_goes_by_the_name_the_installed_transformers_takes():
+    from mue_bench.models.hf_base import cache_kwarg
+
+    def new_style(x, cache=None): ...  # transformers >= 5.24
+    def old_style(x, past_key_values=None): ...
+
+    assert cache_kwarg(new_style, "kv") == {"cache": "kv"}
+    assert cache_kwarg(old_style, "kv") == {"past_key_values": "kv"}

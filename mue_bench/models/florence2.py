@@ -14,7 +14,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view, task_prompt
+from mue_bench.models.hf_base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
 from mue_bench.models.hf_cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -147,7 +147,7 @@ class Florence2Adapter(HFAdapterBase):
             self._self_mask = create_causal_mask(
                 config=self.text_config, inputs_embeds=x.new_zeros(rows, 1, x.shape[-1]),
                 attention_mask=torch.ones(rows, cache.length(0) + 1, device=x.device, dtype=torch.long),
-                past_key_values=cache.hf.self_attention_cache)
+                **cache_kwarg(create_causal_mask, cache.hf.self_attention_cache))
         cross_mask = self._memoised(("cross", enc_mask.shape[0]), enc_mask, lambda: create_bidirectional_mask(
             config=self.text_config, inputs_embeds=x, attention_mask=enc_mask,
             encoder_hidden_states=self._enc_out))
@@ -157,8 +157,9 @@ class Florence2Adapter(HFAdapterBase):
                       ) -> torch.Tensor:
         x = h[:, None]
         self_mask, cross_mask = self._step_masks(layer, x, cache, enc_mask)
-        out = self.decoder.layers[layer](x, self_mask, self._enc_out, encoder_attention_mask=cross_mask,
-                                         past_key_values=cache.hf, use_cache=True)
+        block = self.decoder.layers[layer]
+        out = block(x, self_mask, self._enc_out, encoder_attention_mask=cross_mask, use_cache=True,
+                    **cache_kwarg(type(block).forward, cache.hf))
         return out[:, 0]
 
     def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: HFKVCache,
@@ -166,8 +167,9 @@ class Florence2Adapter(HFAdapterBase):
         x = h[:, None]
         self_mask, cross_mask = (None if m is None else m[rows] for m in self._step_masks(layer, x, cache, enc_mask))
         sub = cache.rows(layer, rows)
-        out = self.decoder.layers[layer](x, self_mask, self._enc_out[rows], encoder_attention_mask=cross_mask,
-                                         past_key_values=sub.hf, use_cache=True)
+        block = self.decoder.layers[layer]
+        out = block(x, self_mask, self._enc_out[rows], encoder_attention_mask=cross_mask, use_cache=True,
+                    **cache_kwarg(type(block).forward, sub.hf))
         cache.append_rows(layer, rows, sub)
         return out[:, 0]
 

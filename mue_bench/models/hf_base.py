@@ -9,6 +9,8 @@ and their images are resized and normalised here, which is enough for speed meas
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import zlib
 from collections.abc import Callable
@@ -23,6 +25,17 @@ from mue_bench.errors import MueBenchError
 from mue_bench.mue.cost import counted_flops
 
 MUE_BENCH_JSON = "mue_bench.json"  # saved with processor-less (random) models: how to build their inputs
+
+
+def cache_kwarg(fn: Callable, cache: object) -> dict[str, object]:
+    """`fn`'s KV-cache keyword argument (of a mask builder or a layer's forward), by the name the installed
+    transformers takes: `cache` from 5.24, where `past_key_values` is deprecated (gone in 5.40)."""
+    return {_cache_name(fn): cache}
+
+
+@functools.cache
+def _cache_name(fn: Callable) -> str:  # once per function: signatures are slow next to a layer call
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
 
 
 @dataclass

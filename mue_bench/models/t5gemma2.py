@@ -27,7 +27,7 @@ from transformers.masking_utils import (
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch, eos_ids, heads_view, task_prompt
+from mue_bench.models.hf_base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
 from mue_bench.models.hf_cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -200,8 +200,9 @@ class T5Gemma2Adapter(HFAdapterBase):
     def _run_decoder_layer(self, layer: int, h: torch.Tensor, mask: torch.Tensor, cache: HFKVCache,
                            enc_out: torch.Tensor) -> torch.Tensor:
         kind = self.dec_config.layer_types[layer]
-        out = self.decoder.layers[layer](h[:, None], self._rope[kind], mask, self._pos, past_key_values=cache.hf,
-                                         use_cache=True, encoder_hidden_states=enc_out)
+        block = self.decoder.layers[layer]
+        out = block(h[:, None], self._rope[kind], mask, self._pos, use_cache=True, encoder_hidden_states=enc_out,
+                    **cache_kwarg(type(block).forward, cache.hf))
         return out[:, 0]
 
     def _step_inputs(self, h: torch.Tensor, cache: HFKVCache, enc_mask: torch.Tensor) -> None:
@@ -210,8 +211,8 @@ class T5Gemma2Adapter(HFAdapterBase):
         self._pos = torch.full((1, 1), cache.length(0), device=x.device, dtype=torch.long)
         kinds = set(self.dec_config.layer_types)
         self._rope = {k: self.decoder.rotary_emb(x, self._pos, k) for k in kinds}
-        args = dict(config=self.dec_config, inputs_embeds=x, attention_mask=None,
-                    past_key_values=cache.hf.self_attention_cache, position_ids=self._pos, allow_is_causal_skip=False)
+        args = dict(config=self.dec_config, inputs_embeds=x, attention_mask=None, position_ids=self._pos,
+                    allow_is_causal_skip=False, **cache_kwarg(create_causal_mask, cache.hf.self_attention_cache))
         cross = self._memoised(("cross", x.shape[0]), enc_mask, lambda: create_bidirectional_mask(
             config=self.dec_config, inputs_embeds=x, attention_mask=enc_mask, encoder_hidden_states=self._enc_out,
             allow_is_bidirectional_skip=False))
