@@ -214,7 +214,7 @@ def train(
 ) -> None:
     """Train with the MuE layer-wise loss: the built-in model (reproduces the shipped checkpoint), or, for a
     config with a [model] table, fine-tune a transformers model (Florence-2) on a dataset."""
-    from mue_bench.train import TrainConfig, stages
+    from mue_bench.train import TrainConfig
     from mue_bench.train import train as run_training
 
     try:
@@ -225,8 +225,6 @@ def train(
             cfg = cfg.model_copy(update={"steps": steps})
         if init is not None and cfg.continue_from is None:
             raise SpecError("--init only applies to a config with continue_from")
-        if init is None:
-            stages(config)  # every earlier stage is there, and none leads back: checked before hours of training
         summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False), init=init)
     except MueBenchError as e:
         raise _fail(e) from None

@@ -147,6 +147,7 @@ def _first_stage(cfg: TrainConfig, init: Path | None, log: Callable[[str], None]
     assert cfg.continue_from is not None
     if init is not None:
         return TinyOFA.load(init).train(), WordTokenizer.load(init / "tokenizer.json")
+    stages(Path(cfg.continue_from))  # every earlier stage is there and none leads back, before any training
     first = train(TrainConfig.from_file(Path(cfg.continue_from)), None, log)
     return first["model"].train(), first["tokenizer"]
 

@@ -1,5 +1,6 @@
 """Training: the layer-wise loss trains every layer; a few steps make the loss fall."""
 
+import pytest
 import torch
 
 from mue_bench.train import TrainConfig, layer_losses, train
@@ -150,3 +151,12 @@ def test_a_config_naming_no_data_folder_keeps_each_version_in_its_own():
     assert TrainConfig().data_root == f"data/shapes-v{shapes.DEFAULT_VERSION}"
     assert TrainConfig(data_version=2).data_root == "data/shapes-v2"
     assert TrainConfig(data_root="mine", data_version=2).data_root == "mine"
+
+
+def test_train_itself_refuses_a_cycle_of_stages(shapes_root, tmp_path):
+    from mue_bench.errors import SpecError
+
+    a = tmp_path / "a.json"
+    a.write_text(TrainConfig(data_root=str(shapes_root), steps=1, continue_from=str(a)).model_dump_json())
+    with pytest.raises(SpecError, match="cycle"):
+        train(TrainConfig.from_file(a), None, log=lambda _: None)
