@@ -5,9 +5,10 @@ kind ("there is a circle", version 2), colour-kind ("there is a red circle", ver
 red circle is left of the blue square"; from version 3 also the neutral ones, naming a shape the image lacks),
 property (version 2's neutral: "the red circle is heavy"). `--exits` adds a column per fixed exit (image,
 text, decoder layers), to see which types need depth: those are what a threshold trades away first.
+`--by-gap` adds true and false relations by how far apart (px) the centres of the two shapes they name are.
 
     .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 4]
-        [--exits 1,1,1 3,3,3]
+        [--exits 1,1,1 3,3,3] [--by-gap]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from mue_bench.data.loaders import Sample
 from mue_bench.data.registry import load_samples
-from mue_bench.data.shapes import DEFAULT_VERSION, NEUTRAL_PROPERTIES, VERSIONS
+from mue_bench.data.shapes import DEFAULT_VERSION, NEUTRAL_PROPERTIES, VERSIONS, scenes
 from mue_bench.models.tiny_adapter import TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.spec import DataSpec
@@ -38,6 +39,9 @@ def hypothesis_type(h: str) -> str:
     return "colour-kind" if len(words) == 5 else "kind"
 
 
+GAP_BUCKETS = (0, 4, 8, 12, 16, 20, 24)  # px between the centres of the shapes a relation names, of 48
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="mue-tiny")
@@ -47,19 +51,22 @@ def main() -> None:
                         help="shapes generator version")
     parser.add_argument("--exits", nargs="*", type=exit_layers, default=[],
                         help="fixed exits to add as columns, each IMG,TXT,DEC layers (e.g. 1,1,1)")
+    parser.add_argument("--by-gap", action="store_true",
+                        help="also true and false relations by how far apart their two shapes are")
     args = parser.parse_args()
     adapter = TinyAdapter.load(args.checkpoint)
-    samples = load_samples(DataSpec(task="entailment", split=args.split, limit=args.limit,
-                                        version=args.version))
+    spec = DataSpec(task="entailment", split=args.split, limit=args.limit, version=args.version)
+    samples = load_samples(spec)
     columns = {"full": None} | {"exit " + ".".join(map(str, e)): e for e in args.exits}
-    correct = {name: accuracy_by_type(adapter, samples, exit_at) for name, exit_at in columns.items()}
+    correct = {name: correct_per_sample(adapter, samples, exit_at) for name, exit_at in columns.items()}
     print(f"{args.checkpoint} on shapes v{args.version} {args.split}, n={len(samples)}; accuracy")
-    print(f"{'type':<13}{'label':<15}{'n':>5}" + "".join(f"{name:>11}" for name in columns))
-    for key in sorted(correct["full"]):
-        print(f"{key[0]:<13}{key[1]:<15}{len(correct['full'][key]):>5}"
-              + "".join(f"{np.mean(c[key]):>11.3f}" for c in correct.values()))
+    by_type = {s.sample_id: (hypothesis_type(s.hypothesis), s.label) for s in samples}
+    print_table(("type", "label"), by_type, correct)
     print(f"{'overall':<28}{len(samples):>5}"
-          + "".join(f"{np.mean([h for v in c.values() for h in v]):>11.3f}" for c in correct.values()))
+          + "".join(f"{np.mean(list(c.values())):>11.3f}" for c in correct.values()))
+    if args.by_gap:
+        print("\ntrue and false relations by the x gap (px) between their shapes' centres")
+        print_table(("gap", ""), relation_gaps(samples, spec), correct)
 
 
 def exit_layers(text: str) -> tuple[int, int, int]:
@@ -67,16 +74,42 @@ def exit_layers(text: str) -> tuple[int, int, int]:
     return img, txt, dec
 
 
-def accuracy_by_type(adapter: TinyAdapter, samples: list[Sample], exit_at: tuple[int, int, int] | None,
-                     ) -> dict[tuple[str, str], list[bool]]:
+def correct_per_sample(adapter: TinyAdapter, samples: list[Sample], exit_at: tuple[int, int, int] | None,
+                       ) -> dict[str, bool]:
     cfg = ExitConfig(encoder_mode="freeze", fixed_exit=exit_at)
-    correct = defaultdict(list)
+    correct = {}
     for i in range(0, len(samples), 50):
         chunk = samples[i:i + 50]
         out = run_batch(adapter, adapter.prepare(chunk), cfg, adapter.decoding(max_len=4))
         for s, res in zip(chunk, out.samples):
-            correct[(hypothesis_type(s.hypothesis), s.label)].append(adapter.text(res.tokens) == s.label)
+            correct[s.sample_id] = adapter.text(res.tokens) == s.label
     return correct
+
+
+def relation_gaps(samples: list[Sample], spec: DataSpec) -> dict[str, tuple[str, str]]:
+    """The gap bucket of every true or false relation, by sample id. Positions are in no file: the scenes are
+    drawn again from the benchmark's seed (images are the same in every version)."""
+    x = {scene.name: {s.name: s.x for s in scene.shapes} for scene in scenes(spec.seed, version=spec.version)}
+    gaps = {}
+    for s in samples:
+        if " is left of " in s.hypothesis and s.label != "maybe":
+            first, second = s.hypothesis.removeprefix("the ").split(" is left of the ")
+            gap = abs(x[s.image.stem][first] - x[s.image.stem][second])
+            low = max(b for b in GAP_BUCKETS if b <= gap)
+            gaps[s.sample_id] = (f"{low:>2}-{low + 3}" if low < GAP_BUCKETS[-1] else f">={low}", "")  # sorts
+    return gaps
+
+
+def print_table(names: tuple[str, str], groups: dict[str, tuple[str, str]], correct: dict[str, dict[str, bool]],
+                ) -> None:
+    """One row per group of samples (sorted), the accuracy of each column in it."""
+    members = defaultdict(list)
+    for sample_id, key in groups.items():
+        members[key].append(sample_id)
+    print(f"{names[0]:<13}{names[1]:<15}{'n':>5}" + "".join(f"{name:>11}" for name in correct))
+    for key in sorted(members):
+        print(f"{key[0]:<13}{key[1]:<15}{len(members[key]):>5}"
+              + "".join(f"{np.mean([c[i] for i in members[key]]):>11.3f}" for c in correct.values()))
 
 
 if __name__ == "__main__":

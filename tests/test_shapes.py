@@ -135,3 +135,21 @@ def test_version_4_keeps_the_images_and_captions_and_relations_of_all_three_labe
     assert rows != [json.loads(line) for line in (v3 / "snli_ve_train.jsonl").read_text().splitlines()]
     relations = Counter(r["gold_label"] for r in rows if " is left of " in r["sentence2"])
     assert min(relations.values()) > 60 and set(relations) == {"entailment", "contradiction", "neutral"}
+
+
+def test_scenes_replay_what_generate_writes_with_the_shapes_behind_it(tmp_path):
+    sizes = {"train": 6, "test": 4}
+    root = shapes.generate(tmp_path / "s", seed=2, sizes=sizes, version=4)
+    drawn = list(shapes.scenes(2, sizes, version=4))
+    rows = [json.loads(line) for split in sizes
+            for line in (root / f"snli_ve_{split}.jsonl").read_text().splitlines()]
+    assert [(r["Flickr30K_ID"], r["sentence2"], r["gold_label"]) for r in rows] == [
+        (scene.name, hyp, label) for scene in drawn for hyp, label in scene.pairs]
+    written = json.loads((root / "dataset_coco.json").read_text())["images"]
+    assert [[s["raw"] for s in img["sentences"]] for img in written] == [shapes.captions(s.shapes) for s in drawn]
+    assert [s.x for s in drawn[0].shapes] == sorted(s.x for s in drawn[0].shapes)
+
+
+def test_an_unknown_version_fails_when_scenes_are_asked_for_not_when_first_drawn():
+    with pytest.raises(ValueError, match="version 9"):
+        shapes.scenes(0, version=9)

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,41 +200,67 @@ def hypotheses_v3(shapes: list[Shape], rng: random.Random, min_gap: int = 0) -> 
             (f"{first} is left of {second}", "neutral")]
 
 
+@dataclass(frozen=True)
+class Scene:
+    split: str
+    image_id: int
+    shapes: list[Shape]  # left to right
+    image: Image.Image
+    pairs: list[tuple[str, str]]  # (hypothesis, label), one per label
+
+    @property
+    def name(self) -> str:
+        return f"shapes_{self.image_id:06d}"
+
+
+def scenes(seed: int = 0, sizes: dict[str, int] | None = None, version: int = DEFAULT_VERSION) -> Iterator[Scene]:
+    """Every image of the benchmark in file order, from one random stream over all splits: what `generate`
+    writes, and where an analysis finds the shapes behind a hypothesis (their positions are in no file)."""
+    if version not in VERSIONS:  # here, not in the generator below, so that a bad version fails on the call
+        raise ValueError(f"shapes generator version {version} is not one of {VERSIONS}")
+    return _drawn(seed, sizes or SPLIT_SIZES, version)
+
+
+def _drawn(seed: int, sizes: dict[str, int], version: int) -> Iterator[Scene]:
+    rng = random.Random(seed)
+    image_id = 0
+    for split, count in sizes.items():
+        for _ in range(count):
+            shapes = _sample_scene(rng)
+            image = _draw(shapes, rng)
+            pairs = hypotheses(shapes, rng)  # drawn in every version: it keeps images and captions as in 2
+            if version >= 3:
+                pairs = hypotheses_v3(shapes, random.Random(f"{seed}/{image_id}"),
+                                      min_gap=RELATION_GAP if version >= 4 else 0)
+            yield Scene(split, image_id, shapes, image, pairs)
+            image_id += 1
+
+
 def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None,
              version: int = DEFAULT_VERSION) -> Path:
     """Write the benchmark under `root` atomically (a temp dir renamed into place)."""
-    if version not in VERSIONS:
-        raise ValueError(f"shapes generator version {version} is not one of {VERSIONS}")
     sizes = sizes or SPLIT_SIZES
+    drawn = scenes(seed, sizes, version)  # checks the version before anything is written
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root.parent))
     try:
         (tmp / "images").mkdir()
-        rng = random.Random(seed)
         karpathy: list[dict] = []
-        image_id = 0
-        for split, count in sizes.items():
-            rows = []
-            for _ in range(count):
-                shapes = _sample_scene(rng)
-                name = f"shapes_{image_id:06d}.png"
-                _draw(shapes, rng).save(tmp / "images" / name)
-                karpathy.append({
-                    "filepath": "images", "filename": name, "split": split,
-                    "imgid": image_id, "cocoid": image_id,
-                    "sentences": [{"raw": c, "tokens": c.split()} for c in captions(shapes)],
-                })
-                pairs = hypotheses(shapes, rng)  # drawn in every version: it keeps images and captions as in 2
-                if version >= 3:
-                    pairs = hypotheses_v3(shapes, random.Random(f"{seed}/{image_id}"),
-                                          min_gap=RELATION_GAP if version >= 4 else 0)
-                for k, (hyp, label) in enumerate(pairs):
-                    rows.append({"pairID": f"{image_id}-{k}", "Flickr30K_ID": f"shapes_{image_id:06d}",
-                                 "sentence2": hyp, "gold_label": label})
-                image_id += 1
+        rows: dict[str, list[dict]] = {split: [] for split in sizes}
+        for scene in drawn:
+            scene.image.save(tmp / "images" / f"{scene.name}.png")
+            karpathy.append({
+                "filepath": "images", "filename": f"{scene.name}.png", "split": scene.split,
+                "imgid": scene.image_id, "cocoid": scene.image_id,
+                "sentences": [{"raw": c, "tokens": c.split()} for c in captions(scene.shapes)],
+            })
+            rows[scene.split] += [{"pairID": f"{scene.image_id}-{k}", "Flickr30K_ID": scene.name,
+                                   "sentence2": hyp, "gold_label": label}
+                                  for k, (hyp, label) in enumerate(scene.pairs)]
+        for split, split_rows in rows.items():
             with open(tmp / f"snli_ve_{split}.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+                f.writelines(json.dumps(r) + "\n" for r in split_rows)
         (tmp / "dataset_coco.json").write_text(json.dumps({"images": karpathy}))
         (tmp / MARKER).write_text(json.dumps({"seed": seed, "sizes": sizes, "version": version}))
         if root.exists():
