@@ -22,15 +22,15 @@ from statistics import median
 import numpy as np
 import torch
 
-from mue_bench.data.registry import load_samples
-from mue_bench.models.random_hf import random_hf_model
+from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
-from mue_bench.models.tiny import TinyConfig, TinyOFA
-from mue_bench.models.tiny_adapter import TinyAdapter
+from mue_bench.models.tiny.adapter import TinyAdapter
+from mue_bench.models.tiny.model import TinyConfig, TinyOFA
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
+from mue_bench.run.prepare import load_samples
+from mue_bench.run.timing import timed
 from mue_bench.spec import DataSpec
-from mue_bench.timing import timed
 
 DEMO_POINTS = [(0.99, 0.99, 0.98), (0.97, 0.97, 0.9), (0.995, 0.97, 0.995)]
 

@@ -19,10 +19,10 @@ from collections import defaultdict
 import numpy as np
 
 from mue_bench.data.loaders import Sample
-from mue_bench.data.registry import load_samples
 from mue_bench.data.shapes import DEFAULT_VERSION, NEUTRAL_PROPERTIES, VERSIONS, scenes
-from mue_bench.models.tiny_adapter import TinyAdapter
+from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec
 
 

@@ -12,8 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mue_bench.baselines import trivial_baseline
-from mue_bench.runner import SweepOptions, run_sweep
+from mue_bench.analysis.baselines import trivial_baseline
+from mue_bench.run.runner import SweepOptions, run_sweep
 from mue_bench.spec import load_spec
 
 SPECS = {"caption": "sweeps/demo.toml", "entailment": "sweeps/demo-entailment.toml"}

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mue_bench import runner
+from mue_bench.run import runner
 from mue_bench.spec import GridSpec, load_spec
 
 GRID = {"tau_img": [0.97, 0.98, 0.99, 0.995, 0.998], "tau_txt": [0.95, 0.97, 0.98, 0.99, 0.995],

@@ -16,11 +16,11 @@ from statistics import median
 
 import torch
 
-from mue_bench.models.random_hf import random_hf_model
+from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_model
-from mue_bench.timing import timed
+from mue_bench.run.timing import timed
 
 
 def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: int, device: torch.device):

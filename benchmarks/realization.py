@@ -20,14 +20,14 @@ from statistics import median
 import torch
 import torch.nn.functional as F
 
-from mue_bench.data.registry import load_samples
-from mue_bench.models.random_hf import random_hf_model
+from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
-from mue_bench.models.tiny_adapter import TinyAdapter
+from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
+from mue_bench.run.prepare import load_samples
+from mue_bench.run.timing import timed
 from mue_bench.spec import DataSpec
-from mue_bench.timing import timed
 
 
 def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:

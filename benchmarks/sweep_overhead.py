@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mue_bench import runner
+from mue_bench.results import SweepStore
+from mue_bench.run import runner
 from mue_bench.spec import load_spec
-from mue_bench.store import SweepStore
 
 # Each part of a sweep and the function that does it.
 PARTS = {

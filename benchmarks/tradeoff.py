@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mue_bench.baselines import trivial_baseline
-from mue_bench.pareto import pick
-from mue_bench.runner import SweepOptions, run_sweep
+from mue_bench.analysis.baselines import trivial_baseline
+from mue_bench.analysis.pick import pick
+from mue_bench.run.runner import SweepOptions, run_sweep
 from mue_bench.spec import load_spec
 
 SPECS = {"caption": "sweeps/demo.toml", "entailment": "sweeps/demo-entailment.toml"}

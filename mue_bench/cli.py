@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mue_bench.analysis.pick import pick
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.pareto import pick
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Sweep, measure and pick MuE early-exit thresholds for encoder-decoder VLMs.")
@@ -76,7 +76,7 @@ class _RichProgress:
         self.batches = progress.add_task("batches", total=None)
 
     def hooks(self):
-        from mue_bench.runner import Progress as Hooks
+        from mue_bench.run.runner import Progress as Hooks
 
         return Hooks(
             start_points=lambda total, done: self.p.update(self.points, total=total, completed=done),
@@ -107,7 +107,7 @@ def sweep(
     meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
 ) -> None:
     """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
-    from mue_bench.runner import SweepOptions, run_sweep
+    from mue_bench.run.runner import SweepOptions, run_sweep
     from mue_bench.spec import load_spec, point_id
 
     try:
@@ -163,7 +163,7 @@ def evaluate(
     device: DeviceOpt = None,
 ) -> None:
     """One threshold triple on the shapes benchmark: quality and savings against the full model."""
-    from mue_bench.runner import SweepOptions, run_sweep
+    from mue_bench.run.runner import SweepOptions, run_sweep
     from mue_bench.spec import SweepSpec
 
     try:
@@ -214,8 +214,8 @@ def train(
 ) -> None:
     """Train with the MuE layer-wise loss: the built-in model (reproduces the shipped checkpoint), or, for a
     config with a [model] table, fine-tune a transformers model (Florence-2) on a dataset."""
-    from mue_bench.train import TrainConfig
-    from mue_bench.train import train as run_training
+    from mue_bench.training.tiny import TrainConfig
+    from mue_bench.training.tiny import train as run_training
 
     try:
         if _is_finetune_config(config):
@@ -241,7 +241,7 @@ def _is_finetune_config(path: Path) -> bool:
 
 
 def _finetune(config: Path, out: Path, steps: int | None) -> None:
-    from mue_bench.finetune import FinetuneConfig, finetune
+    from mue_bench.training.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig.from_file(config)
     if steps:
@@ -259,8 +259,8 @@ def plot(
     out: Annotated[Path, typer.Option(help="Directory for the PNG and SVG files.")] = Path("plots"),
 ) -> None:
     """Draw the Pareto front, heatmaps, exit histograms and realization scatter (PNG and SVG)."""
-    from mue_bench.analysis import load_results
-    from mue_bench.pareto import OBJECTIVES
+    from mue_bench.analysis.pick import OBJECTIVES
+    from mue_bench.results import load_results
 
     try:
         if x not in OBJECTIVES:
@@ -268,7 +268,7 @@ def plot(
         if y not in ("quality_rel", "quality"):
             raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
         loaded = [load_results(p) for p in results]
-        from mue_bench.plot import all_figures
+        from mue_bench.analysis.plot import all_figures
 
         paths = all_figures(loaded, out, x, y, budget)
     except MueBenchError as e:
@@ -284,7 +284,7 @@ def calibrate_grid(
     percentile: Annotated[list[float] | None, typer.Option(help="Percentiles to use (repeatable).")] = None,
 ) -> None:
     """Propose τ grids from percentiles of the full model's consecutive-layer similarities."""
-    from mue_bench.calibrate import propose_grid
+    from mue_bench.run.calibrate import propose_grid
     from mue_bench.spec import load_spec
 
     try:
@@ -310,7 +310,8 @@ def pick_cmd(
     """Pick the thresholds with the largest saving within a quality budget (exit 1 if none qualifies)."""
     import json
 
-    from mue_bench.analysis import budget_pick, risk_pick
+    from mue_bench.analysis.pick import budget_pick
+    from mue_bench.analysis.risk import risk_pick
 
     try:
         if risk is not None:
@@ -393,8 +394,8 @@ def check(
                                                      "(e.g. $GITHUB_STEP_SUMMARY).")] = None,
 ) -> None:
     """CI gate: exit 1 if quality or savings regressed against the baseline."""
-    from mue_bench.check import compare
-    from mue_bench.store import read_table
+    from mue_bench.analysis.check import compare
+    from mue_bench.results import read_table
 
     try:
         result = compare(read_table(current), read_table(baseline), budget, savings_tolerance, area_tolerance)

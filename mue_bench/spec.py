@@ -191,12 +191,7 @@ class SweepSpec(_Strict):
         return Path(self.output.dir) / f"{self.name}.parquet"
 
     def samples_path(self) -> Path:
-        return samples_path_for(self.results_path())
-
-
-def samples_path_for(results: Path) -> Path:
-    """The per-sample file that belongs to a results file: results/<name>.samples.parquet."""
-    return results.with_name(results.name.removesuffix(".parquet") + ".samples.parquet")
+        return self.results_path().with_name(f"{self.name}.samples.parquet")
 
 
 def _tau(t: float) -> str:

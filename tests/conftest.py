@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mue_bench.data import shapes
-from mue_bench.models.tiny import TinyConfig, TinyOFA
-from mue_bench.models.tiny_adapter import TinyAdapter
-from mue_bench.models.tiny_inputs import TinyBatch, pad
-from mue_bench.models.tokenizer import SPECIALS, WordTokenizer
-from mue_bench.train import training_samples
+from mue_bench.models.tiny.adapter import TinyAdapter
+from mue_bench.models.tiny.inputs import TinyBatch, pad
+from mue_bench.models.tiny.model import TinyConfig, TinyOFA
+from mue_bench.models.tiny.tokenizer import SPECIALS, WordTokenizer
+from mue_bench.training.tiny import training_samples
 
 TINY_SIZES = {"train": 24, "val": 8, "test": 8}
 
@@ -65,7 +65,7 @@ def shapes_root(tmp_path_factory) -> Path:
 def random_checkpoint(tmp_path_factory, shapes_root) -> Path:
     """A random mue-tiny checkpoint whose tokenizer covers the shapes vocabulary of every generator version
     (version 2's neutral properties included), so the random model does not change with the default one."""
-    from mue_bench.models.tiny_inputs import prompt
+    from mue_bench.models.tiny.inputs import prompt
 
     samples = training_samples(shapes_root, "train")
     tok = WordTokenizer.build([prompt(s) for s in samples] + [r for s in samples for r in s.references]

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from mue_bench.bootstrap import bootstrap_intervals
+from mue_bench.analysis.bootstrap import bootstrap_intervals
 
 
 def _samples(pid, correct, layers):

@@ -134,7 +134,7 @@ def test_continue_on_error_records_the_failure_runs_the_rest_and_exits_1(tmp_pat
                                                                          monkeypatch):
     import pandas as pd
 
-    from mue_bench import runner as runner_module
+    from mue_bench.run import runner as runner_module
 
     spec = write_spec(tmp_path, shapes_root, random_checkpoint)
     real = runner_module.evaluate_point

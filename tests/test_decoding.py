@@ -2,7 +2,7 @@
 
 import torch
 
-from mue_bench.decoding import DecodingConfig, generate
+from mue_bench.mue.search import DecodingConfig, generate
 
 EOS, BOS, PAD = 2, 1, 0
 

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from mue_bench.cli import app
-from mue_bench.models.florence2 import Florence2Adapter
-from mue_bench.models.t5gemma2 import T5Gemma2Adapter
+from mue_bench.models.hf.florence2 import Florence2Adapter
+from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch
 
@@ -53,7 +53,7 @@ def _samples(shapes_root):
 
 
 def test_final_loss_trains_only_the_last_layer_output(tmp_path, shapes_root):
-    from mue_bench.finetune import FinetuneConfig, finetune
+    from mue_bench.training.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig.from_file(_config(tmp_path, shapes_root, 2, loss="final"))
     summary = finetune(cfg, None, log=lambda line: None)
@@ -75,7 +75,7 @@ def test_bad_finetune_config_is_one_line(tmp_path, shapes_root):
 def test_the_last_layer_state_through_the_exit_head_is_the_models_own_prediction(family, shapes_root):
     """The layer-wise loss reads each decoder layer's output and applies the exit head (norm, head, softcap);
     for the last layer that must be exactly the model's own teacher-forced distribution."""
-    from mue_bench.models import florence2, t5gemma2
+    from mue_bench.models.hf import florence2, t5gemma2
 
     make = florence2.random_florence2 if family == "florence2" else t5gemma2.random_t5gemma2
     adapter = make("tiny", seed=1)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mue_bench.models import florence2, t5gemma2
-from mue_bench.models.hf_base import HFBatch
+from mue_bench.models.hf import florence2, t5gemma2
+from mue_bench.models.hf.base import HFBatch
 from mue_bench.mue.adapter import compacts
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch, run_model
@@ -211,7 +211,7 @@ dir = "{tmp_path / 'results'}"
 
 @pytest.mark.parametrize("family", ["florence2", "t5gemma2"])
 def test_a_spec_sweeps_end_to_end(tmp_path, shapes_root, family):
-    from mue_bench.runner import Progress, SweepOptions, run_sweep
+    from mue_bench.run.runner import Progress, SweepOptions, run_sweep
     from mue_bench.spec import load_spec
 
     warnings: list[str] = []
@@ -229,7 +229,7 @@ def test_a_spec_sweeps_end_to_end(tmp_path, shapes_root, family):
 
 @pytest.mark.parametrize("family", ["florence2", "t5gemma2"])
 def test_split_mode_on_a_joint_encoder_warns(tmp_path, shapes_root, family):
-    from mue_bench.runner import Progress, SweepOptions, run_sweep
+    from mue_bench.run.runner import Progress, SweepOptions, run_sweep
     from mue_bench.spec import load_spec
 
     warnings: list[str] = []
@@ -273,7 +273,7 @@ def test_analytic_flops_agree_with_torch_flop_counter(adapter, batch, fixed):
 
 
 def test_the_kv_cache_goes_by_the_name_the_installed_transformers_takes():
-    from mue_bench.models.hf_base import cache_kwarg
+    from mue_bench.models.hf.base import cache_kwarg
 
     def new_style(x, cache=None): ...  # transformers >= 5.24
     def old_style(x, past_key_values=None): ...

@@ -3,8 +3,8 @@
 import gzip
 from pathlib import Path
 
-from mue_bench import meteor_table
-from mue_bench.metrics import meteor_process, score_grid, score_tokenized, tokenize_grid
+from mue_bench.scoring import meteor_table
+from mue_bench.scoring.metrics import meteor_process, score_grid, score_tokenized, tokenize_grid
 
 
 def _write_table(path: Path, pairs: list[tuple[str, str]]) -> Path:

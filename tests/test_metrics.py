@@ -2,7 +2,7 @@
 
 import pytest
 
-from mue_bench.metrics import caption_agreement, caption_scores, label_agreement, tokenize_grid
+from mue_bench.scoring.metrics import caption_agreement, caption_scores, label_agreement, tokenize_grid
 
 
 def test_one_tokenization_serves_scores_and_consistency():
@@ -26,7 +26,7 @@ def test_label_agreement_is_exact_match():
 def test_meteor_aligns_each_distinct_caption_once_and_scores_as_pycocoevalcap():
     from pycocoevalcap.meteor.meteor import Meteor
 
-    from mue_bench.metrics import meteor_process, score_tokenized
+    from mue_bench.scoring.metrics import meteor_process, score_tokenized
 
     refs = [["a red circle", "there is a red circle"], ["a blue square and a green triangle", "two shapes"]]
     preds = {"full": ["a red circle", "a blue square and a green triangle"],

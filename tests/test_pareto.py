@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mue_bench.pareto import candidates, hb_p_value, learn_then_test, pareto_front, pick
+from mue_bench.analysis.pareto import pareto_front
+from mue_bench.analysis.pick import candidates, pick
+from mue_bench.analysis.risk import hb_p_value, learn_then_test
 
 
 def frame(rows):
@@ -91,7 +93,7 @@ def test_candidates_are_sorted_best_first(budget):
 
 
 def test_dominated_area_of_a_staircase():
-    from mue_bench.pareto import dominated_area
+    from mue_bench.analysis.pareto import dominated_area
 
     df = frame([("full", 2, 2, 2, 0.0, 1.0), ("a", .9, .9, .9, 0.5, 0.8), ("b", .8, .8, .8, 1.0, 0.5),
                 ("dominated", .9, .8, .8, 0.4, 0.7)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mue_bench.runner import SweepOptions, run_sweep
+from mue_bench.run.runner import SweepOptions, run_sweep
 from mue_bench.spec import load_spec
 from tests.test_sweep import TIMING_COLUMNS, write_spec
 
@@ -72,7 +72,7 @@ def _live_tensor_bytes() -> int:
 def test_the_sweep_holds_no_tensors_per_finished_point(tmp_path, shapes_root, random_checkpoint, batches):
     """Memory stays flat as the grid grows: after each point, the tensors alive are those of the model, the
     inputs and (with reuse) one encoder setting's outputs, whatever the number of points done."""
-    from mue_bench.runner import Progress
+    from mue_bench.run.runner import Progress
 
     live: list[int] = []
     spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mue_bench.data.registry import load_samples
-from mue_bench.models.tiny_adapter import BUILTIN_DIR, TinyAdapter
+from mue_bench.models.tiny.adapter import BUILTIN_DIR, TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_checkpoint_is_safetensors_only_and_small(name):
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("train-mue-tiny*.json")), ids=lambda p: p.name)
 def test_every_training_config_validates_and_its_earlier_stages_exist(config, monkeypatch):
-    from mue_bench.train import stages
+    from mue_bench.training.tiny import stages
 
     monkeypatch.chdir(ROOT)  # continue_from is relative to the repository root, where `mue-bench train` runs
     chain = stages(config.relative_to(ROOT))
@@ -45,7 +45,7 @@ def test_every_training_config_validates_and_its_earlier_stages_exist(config, mo
 
 @pytest.mark.parametrize("name", ["mue-tiny", "mue-tiny-finalloss"])
 def test_each_checkpoint_records_the_config_that_reproduces_it(name):
-    from mue_bench.train import TrainConfig
+    from mue_bench.training.tiny import TrainConfig
 
     assert (TrainConfig.from_file(BUILTIN_DIR / name / "train_config.json")
             == TrainConfig.from_file(CONFIGS / f"train-{name}.json"))
@@ -75,7 +75,7 @@ def test_full_model_entailment_accuracy_floor(adapter):
 
 
 def test_full_model_captions_beat_a_constant_caption(adapter):
-    from mue_bench.metrics import caption_scores
+    from mue_bench.scoring.metrics import caption_scores
 
     samples, preds = _predict(adapter, "caption", 60)
     refs = [s.references for s in samples]
@@ -89,7 +89,7 @@ AGGRESSIVE = ExitConfig(tau_img=-1.0, tau_txt=-1.0, tau_dec=-1.0, encoder_mode="
 
 def _kept(model, task: str, n: int, exits: ExitConfig) -> float:
     """Quality at `exits` over full-model quality, on the first n test samples."""
-    from mue_bench.metrics import caption_scores
+    from mue_bench.scoring.metrics import caption_scores
 
     def quality(samples, preds) -> float:
         if task == "entailment":

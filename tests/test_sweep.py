@@ -13,9 +13,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mue_bench.runner import Progress, SweepOptions, run_sweep
+from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA
+from mue_bench.run.runner import Progress, SweepOptions, run_sweep
 from mue_bench.spec import load_spec
-from mue_bench.store import POINTS_SCHEMA, SAMPLES_SCHEMA
 
 TIMING_COLUMNS = ["latency_s", "wall_s", "wall_full_s", "time_savings", "realization", "latency_p50_s",
                   "latency_p90_s", "run_id", "created_at"]
@@ -113,7 +113,7 @@ def test_rerun_reuses_every_finished_point(spec_path):
 
 def _record_model_runs(monkeypatch) -> list[tuple[str, bool]]:
     """Every model run of a sweep, in order: (point id of its config, whether it ran inside a timed region)."""
-    from mue_bench import runner
+    from mue_bench.run import runner
 
     calls: list[tuple[str, bool]] = []
     timing = {"on": False}

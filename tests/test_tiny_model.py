@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.tiny import TinyConfig, TinyOFA, sincos_grid
+from mue_bench.models.tiny.model import TinyConfig, TinyOFA, sincos_grid
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.mue.encoder import run_encoder
 from tests.conftest import padded_batch, random_tiny

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mue_bench.train import TrainConfig, layer_losses, train
+from mue_bench.training.tiny import TrainConfig, layer_losses, train
 
 
 def test_a_few_steps_make_the_loss_fall(shapes_root, tmp_path):
@@ -31,7 +31,7 @@ def test_layerwise_loss_sums_every_layer_and_final_loss_only_the_last(shapes_roo
 def test_sample_weighting_gives_a_one_token_target_the_same_weight_as_a_long_one():
     import torch.nn.functional as F
 
-    from mue_bench.models.tiny import TinyConfig, TinyOFA
+    from mue_bench.models.tiny.model import TinyConfig, TinyOFA
 
     torch.manual_seed(0)
     model = TinyOFA(TinyConfig(vocab_size=12, d_model=16, n_heads=2, d_ff=32))
@@ -71,7 +71,7 @@ def test_a_cycle_of_stages_is_refused_in_one_line_before_any_training(tmp_path):
 
 
 def test_stages_lists_the_chain_first_stage_first(tmp_path):
-    from mue_bench.train import stages
+    from mue_bench.training.tiny import stages
 
     first, second = tmp_path / "1.json", tmp_path / "2.json"
     first.write_text(TrainConfig(steps=1).model_dump_json())
@@ -100,7 +100,7 @@ def test_image_pos_std_sets_the_image_position_embeddings_and_nothing_else(shape
 
 
 def test_stem_channels_build_a_stem_that_trains_and_is_saved(shapes_root, tmp_path):
-    from mue_bench.models.tiny import TinyOFA
+    from mue_bench.models.tiny.model import TinyOFA
 
     cfg = TrainConfig(data_root=str(shapes_root), steps=2, batch_size=4, d_model=32, n_heads=2, d_ff=64,
                       stem_channels=8)
@@ -111,7 +111,7 @@ def test_stem_channels_build_a_stem_that_trains_and_is_saved(shapes_root, tmp_pa
 
 
 def test_image_positions_reach_the_model_and_its_checkpoint(shapes_root, tmp_path):
-    from mue_bench.models.tiny import TinyOFA
+    from mue_bench.models.tiny.model import TinyOFA
 
     cfg = TrainConfig(data_root=str(shapes_root), steps=1, batch_size=4, d_model=32, n_heads=2, d_ff=64,
                       image_positions="sincos")
@@ -123,7 +123,7 @@ def test_image_positions_reach_the_model_and_its_checkpoint(shapes_root, tmp_pat
 def test_encoder_exits_stop_a_share_of_samples_after_a_uniform_number_of_layers():
     import numpy as np
 
-    from mue_bench.train import encoder_exits
+    from mue_bench.training.tiny import encoder_exits
 
     assert encoder_exits(np.random.default_rng(0), 8, 6, 0.0) is None  # the plain recipe runs every layer
     img, txt = encoder_exits(np.random.default_rng(0), 4000, 6, 1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.tiny_adapter import BUILTIN_DIR, TinyAdapter
+from mue_bench.models.tiny.adapter import BUILTIN_DIR, TinyAdapter
 from mue_bench.spec import ModelSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,11 +38,11 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
     if spec.family == "mue-tiny":
         adapter = TinyAdapter.load(spec.checkpoint)
     elif spec.family == "florence2":
-        from mue_bench.models.florence2 import Florence2Adapter
+        from mue_bench.models.hf.florence2 import Florence2Adapter
 
         adapter = Florence2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
     elif spec.family == "t5gemma2":
-        from mue_bench.models.t5gemma2 import T5Gemma2Adapter
+        from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 
         adapter = T5Gemma2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
     else:  # pragma: no cover - the spec's Literal already refuses other names

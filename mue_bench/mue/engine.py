@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from mue_bench.decoding import DecodingConfig, generate
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.cost import decoder_flops, encoder_flops
 from mue_bench.mue.decoder import MuEStepper
 from mue_bench.mue.encoder import EncoderResult, run_encoder
+from mue_bench.mue.search import DecodingConfig, generate
 
 
 @dataclass

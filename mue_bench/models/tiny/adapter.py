@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 
 from mue_bench.data.loaders import Sample
-from mue_bench.decoding import DecodingConfig
-from mue_bench.models.tiny import TinyOFA
-from mue_bench.models.tiny_inputs import TinyBatch, collate, load_pixels, prompt
-from mue_bench.models.tokenizer import WordTokenizer
+from mue_bench.models.tiny.inputs import TinyBatch, collate, load_pixels, prompt
+from mue_bench.models.tiny.model import TinyOFA
+from mue_bench.models.tiny.tokenizer import WordTokenizer
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
+from mue_bench.mue.search import DecodingConfig
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 class TinyAdapter:

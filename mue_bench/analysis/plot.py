@@ -18,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mue_bench.bootstrap import bootstrap_intervals  # noqa: E402
-from mue_bench.pareto import pareto_front, pick  # noqa: E402
+from mue_bench.analysis.bootstrap import bootstrap_intervals  # noqa: E402
+from mue_bench.analysis.pareto import pareto_front  # noqa: E402
+from mue_bench.analysis.pick import pick  # noqa: E402
 
 AXIS = {
     "layer": ("layer_savings", "layer savings (% of layer executions skipped)"),

@@ -1,49 +1,65 @@
-"""From results files to decisions: picking thresholds under a budget or with risk control.
-
-Reads the parquet files, then delegates to the pure functions of pareto.py and bootstrap.py.
-"""
+"""Risk-controlled picking with Learn then Test (Angelopoulos et al.): fixed-sequence testing along a
+threshold path fixed before looking at losses, with Hoeffding-Bentkus p-values, so that with probability
+≥ 1 - epsilon the mean disagreement with the full model at the chosen point is ≤ delta."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
-from mue_bench.bootstrap import bootstrap_intervals
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.pareto import OBJECTIVES, LTTResult, candidates, learn_then_test
-from mue_bench.spec import samples_path_for
-from mue_bench.store import read_table
+from mue_bench.results import load_results, read_table
 
 
-def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Points and per-sample rows of one sweep."""
-    points = read_table(path)
-    if "point_id" not in points or "quality_rel" not in points:
-        raise SpecError(f"{path}: not a mue-bench results file (no point_id / quality_rel columns)")
-    return points, read_table(samples_path_for(path))
+def _h1(a: float, b: float) -> float:
+    """Bernoulli KL divergence kl(a || b), with 0·ln 0 = 0."""
+    out = 0.0
+    if a > 0:
+        out += a * math.log(a / b)
+    if a < 1:
+        out += (1 - a) * math.log((1 - a) / (1 - b))
+    return out
+
+
+
+def hb_p_value(risk_hat: float, n: int, delta: float) -> float:
+    """Hoeffding-Bentkus p-value for H0: risk > delta, given mean loss risk_hat over n samples in [0, 1]."""
+    hoeffding = math.exp(-n * _h1(min(risk_hat, delta), delta))
+    bentkus = math.e * float(binom.cdf(math.ceil(n * risk_hat), n, delta))
+    return min(hoeffding, bentkus, 1.0)
+
 
 
 @dataclass
-class BudgetPick:
-    chosen: pd.Series | None
-    top: pd.DataFrame  # best candidates with confidence intervals
-    objective: str
-    budget: float
+class LTTResult:
+    chosen: str | None  # point id of the last accepted point, None if even the first fails
+    table: pd.DataFrame  # the path with risk_hat, p_value, accepted
 
 
-def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 5, n_boot: int = 1000) -> BudgetPick:
-    if objective not in OBJECTIVES:
-        raise SpecError(f"--objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
-    points, samples = load_results(path)
-    column = OBJECTIVES[objective]
-    ranked = candidates(points, budget, column).head(top)
-    if not ranked.empty:
-        ci = bootstrap_intervals(ranked.assign(task=points["task"].iloc[0]), samples, n_boot=n_boot)
-        ranked = ranked.merge(ci, on="point_id", how="left")
-    return BudgetPick(None if ranked.empty else ranked.iloc[0], ranked, column, budget)
+
+def learn_then_test(path: Sequence[str], losses: dict[str, np.ndarray], delta: float, epsilon: float) -> LTTResult:
+    """Fixed-sequence testing along `path` (ordered from the full model to the most aggressive point,
+    fixed before looking at the losses): accept while p ≤ epsilon, stop at the first failure.
+
+    With probability ≥ 1 - epsilon over the calibration draw, the risk at the returned point is ≤ delta."""
+    rows, chosen, testing = [], None, True
+    for pid in path:
+        loss = np.asarray(losses[pid], float)
+        risk_hat = float(loss.mean())
+        p = hb_p_value(risk_hat, len(loss), delta)
+        accepted = testing and p <= epsilon
+        testing = accepted
+        if accepted:
+            chosen = pid
+        rows.append({"point_id": pid, "n": len(loss), "risk_hat": risk_hat, "p_value": p, "accepted": accepted})
+    return LTTResult(chosen, pd.DataFrame(rows))
+
 
 
 def threshold_path(points: pd.DataFrame) -> list[str]:
@@ -58,11 +74,13 @@ def threshold_path(points: pd.DataFrame) -> list[str]:
     return ok["point_id"].tolist()
 
 
+
 @dataclass
 class RiskPick:
     result: LTTResult
     calibration: Path
     verification: pd.DataFrame | None  # realised risk per point on the held-out split
+
 
 
 def _by_split(paths: list[Path], split: str) -> Path:
@@ -71,6 +89,7 @@ def _by_split(paths: list[Path], split: str) -> Path:
         if (points["split"] == split).all():
             return p
     raise SpecError(f"none of the results files was run on split {split!r}; sweep that split first")
+
 
 
 def risk_pick(paths: list[Path], delta: float, confidence: float, calibration_split: str,
@@ -92,3 +111,4 @@ def risk_pick(paths: list[Path], delta: float, confidence: float, calibration_sp
         risk = 1.0 - ver_samples.groupby("point_id")["consistency"].mean()
         verification = risk.rename("realised_risk").reset_index()
     return RiskPick(result, cal_path, verification)
+

@@ -14,8 +14,8 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
-from mue_bench.models.hf_cache import HFKVCache
+from mue_bench.models.hf.base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
+from mue_bench.models.hf.cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
 from mue_bench.mue.cost import LayerDims

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mue_bench.mue.config import ExitConfig
-from mue_bench.records import quality_metric
+from mue_bench.scoring.summarise import quality_metric
 from mue_bench.spec import point_id
 
 _QUALITY_COLUMN = {"cider": "cider", "accuracy": "correct"}

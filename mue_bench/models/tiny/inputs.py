@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mue_bench.data.loaders import Sample
-from mue_bench.models.tokenizer import WordTokenizer
+from mue_bench.models.tiny.tokenizer import WordTokenizer
 
 CAPTION_PROMPT = "what does the image describe ?"
 

@@ -16,7 +16,7 @@ import torch
 from mue_bench.models.registry import resolve_device
 from mue_bench.mue import ExitConfig
 from mue_bench.mue.engine import run_batch
-from mue_bench.runner import prepare_inputs
+from mue_bench.run.prepare import prepare_inputs
 from mue_bench.spec import SweepSpec
 
 

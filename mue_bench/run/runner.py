@@ -9,31 +9,26 @@ happens once at the end for all points (one Java process for tokenizing, one for
 
 from __future__ import annotations
 
-import datetime as dt
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import median
 
-import numpy as np
 import pandas as pd
 import torch
 
-import mue_bench
-from mue_bench.data.loaders import Sample, check_images
-from mue_bench.data.registry import load_samples
 from mue_bench.errors import MueBenchError
-from mue_bench.metrics import accuracy, caption_agreement, label_agreement, score_grid
-from mue_bench.models.registry import checkpoint_hash, device_name, load_adapter, resolve_device
+from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
-from mue_bench.records import failed_rows, summarise
-from mue_bench.reuse import GridReuse, encoder_setting
+from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
+from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore
+from mue_bench.run.prepare import prepare_inputs
+from mue_bench.run.provenance import provenance
+from mue_bench.run.timing import peak_memory, reset_peak_memory, timed
+from mue_bench.scoring.score import score
+from mue_bench.scoring.summarise import failed_rows, summarise
 from mue_bench.spec import SweepSpec, point_id
-from mue_bench.store import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore
-from mue_bench.timing import peak_memory, reset_peak_memory, timed
 
 
 @dataclass
@@ -64,10 +59,6 @@ class SweepOutcome:
     reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     layer_executions: int = 0  # of the points computed in this run (warm-up and repeats included)
-
-
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, device: torch.device,
@@ -140,80 +131,6 @@ def _repeats(spec: SweepSpec, cfg: ExitConfig) -> int:
 
 def _executions(result) -> int:
     return sum(s.layers_used for s in result.samples)
-
-
-def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitConfig], task: str,
-          meteor: bool = True) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Add per-sample quality and consistency columns; return corpus scores per point too."""
-    by_point = {pid: g.sort_values("sample_index") for pid, g in samples.groupby("point_id", sort=False)}
-    preds = {pid: g["prediction"].tolist() for pid, g in by_point.items()}
-    corpus: dict[str, dict[str, float]] = {}
-    scored = []
-    if task == "caption":  # one tokenizer call serves the quality metrics and consistency
-        _, tokens, scores = score_grid(preds, [s.references for s in dataset], meteor)
-    consist: dict[str, np.ndarray] = {}
-    for mode in {c.encoder_mode for c in configs.values()}:
-        ref_id = point_id(ExitConfig(encoder_mode=mode))
-        if ref_id not in preds:
-            continue
-        members = [pid for pid in preds if configs[pid].encoder_mode == mode]
-        if task == "caption":
-            consist.update(caption_agreement({pid: tokens[pid] for pid in members}, tokens[ref_id]))
-        else:
-            consist.update(label_agreement({pid: preds[pid] for pid in members}, preds[ref_id]))
-    for pid, g in by_point.items():
-        g = g.copy()
-        if task == "caption":
-            sc = scores[pid]
-            for m in ("cider", "bleu4", "meteor", "rouge_l"):
-                g[m] = sc.get(m + "_per_sample", np.full(len(g), np.nan))
-            corpus[pid] = {m: sc[m] for m in ("bleu4", "meteor") if m in sc}
-            g["correct"] = np.nan
-        else:
-            g["correct"] = accuracy(g["prediction"].tolist(), [s.label for s in dataset])
-            for m in ("cider", "bleu4", "meteor", "rouge_l"):
-                g[m] = np.nan
-        g["consistency"] = consist.get(pid, np.full(len(g), np.nan))
-        scored.append(g)
-    return pd.concat(scored, ignore_index=True), corpus
-
-
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def provenance(spec: SweepSpec, device: torch.device, run_id: str) -> dict:
-    try:
-        import transformers
-
-        tf_version = transformers.__version__
-    except ImportError:  # pragma: no cover
-        tf_version = "not installed"
-    return {
-        "run_id": run_id, "spec_name": spec.name, "spec_hash": spec.spec_hash(),
-        "context_hash": spec.context_hash(), "model_family": spec.model.family,
-        "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model),
-        "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
-        "device": str(device), "device_name": device_name(device), "dtype": spec.run.dtype,
-        "batch_size": spec.run.batch_size, "num_beams": spec.decoding.num_beams,
-        "max_len": spec.decoding.max_len, "torch_version": torch.__version__,
-        "transformers_version": tf_version, "mue_bench_version": mue_bench.__version__,
-        "git_rev": _git_rev(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def prepare_inputs(spec: SweepSpec, device: torch.device):
-    """Model, samples and pre-processed batches on the device: everything before timing starts."""
-    samples = load_samples(spec.data)
-    check_images(samples)
-    adapter = load_adapter(spec.model, device, spec.run.dtype)
-    batches = [adapter.prepare(chunk).to(device) for chunk in _batches(samples, spec.run.batch_size)]
-    return adapter, samples, batches
 
 
 def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Progress | None = None,

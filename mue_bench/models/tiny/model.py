@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mue_bench.decoding import DecodingConfig, generate
 from mue_bench.errors import MueBenchError
+from mue_bench.mue.search import DecodingConfig, generate
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mue_bench.data.loaders import Sample, check_images
-from mue_bench.data.registry import load_samples
 from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.models.registry import load_adapter, resolve_device
+from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec, ModelSpec, describe_validation_error
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from mue_bench.decoding import DecodingConfig
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Decoded, decode, decoded_rows, encode, fixed_flops, sample_exits
+from mue_bench.mue.search import DecodingConfig
 
 
 def encoder_setting(cfg: ExitConfig) -> Hashable:

@@ -4,11 +4,11 @@ what the speed benchmarks run when no checkpoint is at hand (built from config, 
 from __future__ import annotations
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf_base import HFAdapterBase, HFBatch
+from mue_bench.models.hf.base import HFAdapterBase, HFBatch
 
 
 def random_hf_model(name: str, batch_size: int, seed: int = 0) -> tuple[HFAdapterBase, HFBatch]:
-    from mue_bench.models import florence2, t5gemma2
+    from mue_bench.models.hf import florence2, t5gemma2
 
     family, _, shape = name.partition("-")
     if family == "florence2" and shape in florence2.SHAPES:

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import MueBenchError, SpecError
 
 SAMPLE_FIELDS = [
     ("point_id", pa.string()),
@@ -113,6 +113,13 @@ POINTS_SCHEMA = pa.schema([
     ("git_rev", pa.string()),
     ("created_at", pa.string()),
 ])
+
+
+def samples_path_for(results: Path) -> Path:
+    """The per-sample file that belongs to a results file: results/<name>.samples.parquet."""
+    return results.with_name(results.name.removesuffix(".parquet") + ".samples.parquet")
+
+
 
 
 def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -212,3 +219,14 @@ class SweepStore:
         write_atomic(points, POINTS_SCHEMA, self.results, meta)
         if not keep_parts:
             shutil.rmtree(self.parts, ignore_errors=True)
+
+
+def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Points and per-sample rows of one sweep."""
+    points = read_table(path)
+    if "point_id" not in points or "quality_rel" not in points:
+        raise SpecError(f"{path}: not a mue-bench results file (no point_id / quality_rel columns)")
+    return points, read_table(samples_path_for(path))
+
+
+

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from mue_bench.data.loaders import Sample
-from mue_bench.decoding import DecodingConfig
 from mue_bench.errors import MueBenchError
 from mue_bench.mue.cost import counted_flops
+from mue_bench.mue.search import DecodingConfig
 
 MUE_BENCH_JSON = "mue_bench.json"  # saved with processor-less (random) models: how to build their inputs
 

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
 from mue_bench.errors import SpecError
-from mue_bench.models.tiny import TinyConfig, TinyOFA
-from mue_bench.models.tiny_inputs import collate, load_pixels, pad, prompt, target_text
-from mue_bench.models.tokenizer import WordTokenizer
+from mue_bench.models.tiny.inputs import collate, load_pixels, pad, prompt, target_text
+from mue_bench.models.tiny.model import TinyConfig, TinyOFA
+from mue_bench.models.tiny.tokenizer import WordTokenizer
 
 
 class TrainConfig(BaseModel):

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mue_bench.analysis.pareto import dominated_area
+from mue_bench.analysis.pick import pick
 from mue_bench.errors import MueBenchError
-from mue_bench.pareto import dominated_area, pick
 
 
 @dataclass

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from mue_bench.data.loaders import load_karpathy
-from mue_bench.data.registry import load_samples
-from mue_bench.metrics import caption_scores
+from mue_bench.run.prepare import load_samples
+from mue_bench.scoring.metrics import caption_scores
 from mue_bench.spec import SweepSpec
 
 

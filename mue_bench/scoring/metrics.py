@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mue_bench import meteor_table
+from mue_bench.scoring import meteor_table
 
 CAPTION_METRICS = ("cider", "bleu4", "meteor", "rouge_l")
 

@@ -1,13 +1,18 @@
-"""From a spec's [data] table to a list of samples, whatever the on-disk format."""
+"""Everything before timing starts: a spec's [data] table to samples, the model loaded, inputs pre-processed.
+
+Sweeps and grid calibration share it, so both see exactly the same batches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from mue_bench.data import shapes
-from mue_bench.data.loaders import Sample, load_jsonl, load_karpathy, load_snli_ve
+from mue_bench.data.loaders import Sample, check_images, load_jsonl, load_karpathy, load_snli_ve
 from mue_bench.errors import SpecError
-from mue_bench.spec import DataSpec
+from mue_bench.models.registry import load_adapter
+from mue_bench.spec import DataSpec, SweepSpec
 
 
 def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
@@ -28,3 +33,19 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
     if not samples:
         raise SpecError(f"no samples in split {spec.split!r} of dataset {spec.dataset!r}")
     return samples
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+
+def prepare_inputs(spec: SweepSpec, device: torch.device):
+    """Model, samples and pre-processed batches on the device: everything before timing starts."""
+    samples = load_samples(spec.data)
+    check_images(samples)
+    adapter = load_adapter(spec.model, device, spec.run.dtype)
+    batches = [adapter.prepare(chunk).to(device) for chunk in _batches(samples, spec.run.batch_size)]
+    return adapter, samples, batches
+
+

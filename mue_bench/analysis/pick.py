@@ -1,0 +1,56 @@
+"""Picking thresholds under a quality budget: the largest saving that keeps quality_rel ≥ the budget,
+with bootstrap intervals for the best candidates. `pick` and `candidates` are pure functions over points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mue_bench.analysis.bootstrap import bootstrap_intervals
+from mue_bench.analysis.pareto import EPS, conservative_order, ok_points
+from mue_bench.errors import SpecError
+from mue_bench.results import load_results
+
+OBJECTIVES = {"layer": "layer_savings", "flop": "flop_savings", "time": "time_savings"}
+
+
+def pick(df: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.Series | None:
+    """The point with the largest saving whose quality_rel ≥ budget; None if there is none.
+
+    Ties on the saving go to higher quality, then to the more conservative thresholds."""
+    ranked = candidates(df, budget, objective)
+    return None if ranked.empty else ranked.iloc[0]
+
+
+
+def candidates(df: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.DataFrame:
+    """Every point meeting the budget, best first (the order `pick` uses)."""
+    ok = ok_points(df)
+    ok = ok[ok["quality_rel"] >= budget - EPS]
+    ok = conservative_order(ok)
+    return ok.sort_values([objective, "quality_rel"], ascending=[False, False], kind="mergesort")
+
+
+
+@dataclass
+class BudgetPick:
+    chosen: pd.Series | None
+    top: pd.DataFrame  # best candidates with confidence intervals
+    objective: str
+    budget: float
+
+
+def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 5, n_boot: int = 1000) -> BudgetPick:
+    if objective not in OBJECTIVES:
+        raise SpecError(f"--objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
+    points, samples = load_results(path)
+    column = OBJECTIVES[objective]
+    ranked = candidates(points, budget, column).head(top)
+    if not ranked.empty:
+        ci = bootstrap_intervals(ranked.assign(task=points["task"].iloc[0]), samples, n_boot=n_boot)
+        ranked = ranked.merge(ci, on="point_id", how="left")
+    return BudgetPick(None if ranked.empty else ranked.iloc[0], ranked, column, budget)
+
+
