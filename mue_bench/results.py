@@ -52,6 +52,7 @@ SAMPLES_SCHEMA = pa.schema(SAMPLE_FIELDS + SCORE_FIELDS)
 
 POINTS_SCHEMA = pa.schema([
     ("point_id", pa.string()),
+    ("reference_id", pa.string()),  # the full-model point this point's savings and quality_rel divide by
     ("status", pa.string()),  # "ok" | "failed"
     ("error", pa.string()),
     ("is_full", pa.bool_()),

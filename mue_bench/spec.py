@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +18,15 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mue_bench.data.shapes import DEFAULT_VERSION, default_root
 from mue_bench.errors import SpecError
@@ -30,14 +39,81 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BUILTIN_DIR = Path(__file__).resolve().parent / "checkpoints"
+# The random-weight shapes each transformers family offers (models/hf/*.py SHAPES holds their configs).
+RANDOM_SHAPES: dict[str, tuple[str, ...]] = {"florence2": ("tiny", "base", "large"), "t5gemma2": ("tiny", "270m")}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `model.checkpoint` names, decided once when the spec loads."""
+
+    kind: Literal["builtin", "folder", "hub", "random"]
+    ref: str  # the built-in name, the folder's path, the hub id, or the random shape
+
+    @property
+    def path(self) -> Path | None:
+        """The folder the weights are read from, where it is known before loading."""
+        if self.kind == "builtin":
+            return BUILTIN_DIR / self.ref
+        return Path(self.ref) if self.kind == "folder" else None
+
+    def __str__(self) -> str:
+        return f"random:{self.ref}" if self.kind == "random" else self.ref
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or "\\" in text
+
+
+def parse_checkpoint(family: str, text: str) -> Checkpoint:
+    """The one reading of a checkpoint string: a built-in name (mue-tiny), a local folder, a hub id
+    ("org/name", transformers families only) or "random:<shape>" (random weights, transformers families)."""
+    if text.startswith("random:"):
+        shape = text.removeprefix("random:")
+        shapes = RANDOM_SHAPES.get(family)
+        if shapes is None:
+            raise ValueError(f"random weights exist for {', '.join(RANDOM_SHAPES)} only, not {family!r}")
+        if shape not in shapes:
+            raise ValueError(f"unknown random shape {shape!r} for {family} (use one of "
+                             f"{', '.join('random:' + s for s in shapes)})")
+        return Checkpoint("random", shape)
+    if family == "mue-tiny" and "/" not in text and (BUILTIN_DIR / text / "config.json").is_file():
+        return Checkpoint("builtin", text)
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return Checkpoint("folder", str(folder))
+    if folder.exists():
+        raise ValueError(f"{text} is a file; give the checkpoint folder that holds it")
+    if family == "mue-tiny":
+        raise ValueError(f"{text!r} is neither a built-in checkpoint ({', '.join(builtin_names())}) "
+                         "nor an existing folder")
+    if _looks_like_path(text):
+        raise ValueError(f"folder {text} not found (a hub id has the form org/name)")
+    return Checkpoint("hub", text)
+
+
 class ModelSpec(_Strict):
     family: Literal["mue-tiny", "florence2", "t5gemma2"] = "mue-tiny"
-    # mue-tiny: a built-in name or a local directory. florence2, t5gemma2: a hub id or a local directory in
-    # transformers' format, or "random:<shape>" (random weights of that shape, for speed only):
-    # florence2 tiny|base|large, t5gemma2 tiny|270m.
+    # See parse_checkpoint: a built-in name, a folder, a hub id or "random:<shape>".
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # transformers models only
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: str, info: ValidationInfo) -> str:
+        if "family" in info.data:  # else the family itself is wrong, and that error is the one to show
+            parse_checkpoint(info.data["family"], v)
+        return v
+
+    @property
+    def resolved(self) -> Checkpoint:
+        return parse_checkpoint(self.family, self.checkpoint)
 
 
 class DataSpec(_Strict):
@@ -156,7 +232,8 @@ class SweepSpec(_Strict):
 
     # --- grid ------------------------------------------------------------------------------------
     def points(self) -> list[ExitConfig]:
-        """Every grid point, the full model first (one per encoder mode), duplicates removed."""
+        """Every grid point, the full model first (one per encoder mode), duplicates removed. Two distinct
+        settings that would share an id are refused: the store would keep one and drop the other."""
         g = self.grid
 
         def vals(v: Thresholds) -> list[float]:
@@ -168,13 +245,21 @@ class SweepSpec(_Strict):
                                                              vals(g.tau_img), vals(g.tau_txt), vals(g.tau_dec))]
         fixed = [ExitConfig(encoder_mode=m, kv_fill=f, dec_schedule=s, fixed_exit=tuple(x))
                  for m, f, s, x in itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule, g.fixed_exit)]
-        seen, out = set(), []
+        by_id: dict[str, ExitConfig] = {}
         for cfg in full + grid + fixed:
             cfg = cfg.canonical()
-            if point_id(cfg) not in seen:
-                seen.add(point_id(cfg))
-                out.append(cfg)
-        return out
+            other = by_id.setdefault(cfg.point_id, cfg)
+            if other != cfg:
+                raise SpecError(f"grid: thresholds ({other.tau_img!r}, {other.tau_txt!r}, {other.tau_dec!r}) and "
+                                f"({cfg.tau_img!r}, {cfg.tau_txt!r}, {cfg.tau_dec!r}) share the point id "
+                                f"{cfg.point_id}; make them differ")
+        return list(by_id.values())
+
+    def overridden(self, limit: int | None = None, device: str | None = None) -> SweepSpec:
+        """This spec with the command line's --limit / --device, where given."""
+        data = self.data.model_copy(update={"limit": limit}) if limit else self.data
+        run = self.run.model_copy(update={"device": device}) if device else self.run
+        return self.model_copy(update={"data": data, "run": run})
 
     # --- identity ---------------------------------------------------------------------------------
     def context_hash(self) -> str:
@@ -192,21 +277,6 @@ class SweepSpec(_Strict):
 
     def samples_path(self) -> Path:
         return self.results_path().with_name(f"{self.name}.samples.parquet")
-
-
-def _tau(t: float) -> str:
-    return "off" if t > 1 else f"{t:.4g}"
-
-
-def point_id(cfg: ExitConfig) -> str:
-    """Stable, filename-safe name of a grid point, e.g. img=0.95-txt=0.99-dec=0.9-split-copy-constant."""
-    if cfg.is_full:
-        return f"full-{cfg.encoder_mode}"
-    if cfg.fixed_exit is not None:
-        head = "fixed={}.{}.{}".format(*cfg.fixed_exit)
-    else:
-        head = f"img={_tau(cfg.tau_img)}-txt={_tau(cfg.tau_txt)}-dec={_tau(cfg.tau_dec)}"
-    return f"{head}-{cfg.encoder_mode}-{cfg.kv_fill}-{cfg.dec_schedule}"
 
 
 def describe_validation_error(err: ValidationError, source: str) -> str:

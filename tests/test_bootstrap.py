@@ -20,8 +20,8 @@ def test_intervals_bracket_the_estimate_and_shrink_with_more_samples():
         fast_correct = full_correct * (rng.random(n) < 0.95)
         samples = pd.concat([_samples("full-split", full_correct, np.full(n, 18)),
                              _samples("fast", fast_correct, rng.integers(6, 18, n))])
-        points = pd.DataFrame({"point_id": ["full-split", "fast"], "status": "ok", "encoder_mode": "split",
-                               "task": "entailment"})
+        points = pd.DataFrame({"point_id": ["full-split", "fast"], "reference_id": "full-split", "status": "ok",
+                               "encoder_mode": "split", "task": "entailment"})
         ci = bootstrap_intervals(points, samples, n_boot=500).set_index("point_id")
         q = fast_correct.mean() / full_correct.mean()
         assert ci.loc["fast", "quality_rel_lo"] <= q <= ci.loc["fast", "quality_rel_hi"]

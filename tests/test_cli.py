@@ -40,11 +40,11 @@ def test_eval_with_a_bad_option_is_one_line(shapes_root, random_checkpoint):
     assert "kv_fill" in result.output and "Traceback" not in result.output
 
 
-def test_missing_checkpoint_is_named(shapes_root, tmp_path):
+def test_missing_checkpoint_is_named_before_any_work(shapes_root, tmp_path):
     result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope"), "--data-root", str(shapes_root),
                                  "--limit", "1"])
-    assert result.exit_code == 1
-    assert "checkpoint file not found" in result.output
+    assert result.exit_code == 2
+    assert "model.checkpoint" in result.output and "nope" in result.output
 
 
 def _swept(tmp_path, shapes_root, random_checkpoint, split="test", name="t"):

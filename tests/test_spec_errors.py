@@ -94,7 +94,7 @@ def test_ranges_expand_and_full_model_comes_first(tmp_path):
     path.write_text('name = "r"\n[grid]\ntau_img = {start = 0.9, stop = 1.0, step = 0.05}\n'
                     'tau_txt = [0.9]\ntau_dec = [2.0, 0.8]\n')
     spec = load_spec(path)
-    from mue_bench.spec import point_id
+    from mue_bench.mue.config import point_id
 
     ids = [point_id(p) for p in spec.points()]
     assert ids[0] == "full-freeze"  # freeze by default: exact for joint encoders
@@ -108,3 +108,36 @@ def test_each_shapes_version_has_its_own_default_folder():
 
     assert DataSpec().root == f"data/shapes-v{DEFAULT_VERSION}" and DataSpec(version=3).root == "data/shapes-v3"
     assert DataSpec(root="elsewhere", version=2).root == "elsewhere"
+
+
+BAD_CHECKPOINTS = {
+    "unknown built-in name": ("mue-tiny", "mue-tinny", "neither a built-in checkpoint"),
+    "missing folder": ("mue-tiny", "/nope/ckpt", "neither a built-in checkpoint"),
+    "missing folder, transformers family": ("florence2", "./nope/ckpt", "folder ./nope/ckpt not found"),
+    "unknown random shape": ("florence2", "random:huge", "unknown random shape 'huge' for florence2"),
+    "random weights of the built-in family": ("mue-tiny", "random:tiny", "random weights exist for"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CHECKPOINTS, ids=list(BAD_CHECKPOINTS))
+def test_a_bad_checkpoint_is_refused_when_the_spec_loads_before_any_data_is_made(case, tmp_path):
+    family, checkpoint, expected = BAD_CHECKPOINTS[case]
+    never = tmp_path / "data-never-made"
+    path = tmp_path / "spec.toml"
+    path.write_text(f'name = "bad"\n[model]\nfamily = "{family}"\ncheckpoint = "{checkpoint}"\n'
+                    f'[data]\nroot = "{never}"\n[output]\ndir = "{tmp_path / "results"}"\n')
+    result = runner.invoke(app, ["sweep", str(path)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "model.checkpoint" in lines[0] and expected in lines[0], result.output
+    assert not never.exists() and not (tmp_path / "results").exists()
+
+
+def test_checkpoint_strings_parse_into_one_typed_value(tmp_path):
+    from mue_bench.spec import BUILTIN_DIR, Checkpoint, ModelSpec
+
+    assert ModelSpec().resolved == Checkpoint("builtin", "mue-tiny")
+    assert ModelSpec().resolved.path == BUILTIN_DIR / "mue-tiny"
+    assert ModelSpec(family="florence2", checkpoint="org/model").resolved == Checkpoint("hub", "org/model")
+    assert ModelSpec(family="t5gemma2", checkpoint="random:270m").resolved == Checkpoint("random", "270m")
+    assert ModelSpec(family="florence2", checkpoint=str(tmp_path)).resolved == Checkpoint("folder", str(tmp_path))

@@ -120,7 +120,7 @@ def _record_model_runs(monkeypatch) -> list[tuple[str, bool]]:
     real_run, real_timed = runner.run_model, runner.timed
 
     def run_model(adapter, batch, cfg, decoding):
-        calls.append((runner.point_id(cfg), timing["on"]))
+        calls.append((cfg.point_id, timing["on"]))
         return real_run(adapter, batch, cfg, decoding)
 
     def timed(fn, device):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mue_bench.mue.config import ExitConfig
 from mue_bench.scoring.summarise import quality_metric
-from mue_bench.spec import point_id
 
 _QUALITY_COLUMN = {"cider": "cider", "accuracy": "correct"}
 
@@ -30,7 +28,7 @@ def bootstrap_intervals(points: pd.DataFrame, samples: pd.DataFrame, n_boot: int
     alpha = (1 - level) / 2
     out = []
     for p in points[points["status"] == "ok"].itertuples():
-        ref_id = point_id(ExitConfig(encoder_mode=p.encoder_mode))
+        ref_id = p.reference_id
         if not (samples["point_id"] == ref_id).any():
             continue
         q, q0 = _per_sample(samples, p.point_id, qcol), _per_sample(samples, ref_id, qcol)

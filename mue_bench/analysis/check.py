@@ -9,12 +9,14 @@ belong to the machine, not to the code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from mue_bench.analysis.pareto import dominated_area
 from mue_bench.analysis.pick import pick
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import MueBenchError, SpecError
+from mue_bench.results import read_table
 
 
 @dataclass
@@ -66,3 +68,15 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, budget: float = 0.99,
               bool(area_now >= area_base * (1 - area_tolerance))),
     ]
     return CheckReport(chosen.point_id, checks)
+
+
+def check_files(current: Path, baseline: Path, budget: float = 0.99, savings_tolerance: float = 0.02,
+                area_tolerance: float = 0.02, report: Path | None = None) -> CheckReport:
+    """`compare` on two results files; with `report`, the markdown is also appended there."""
+    if report is not None and not report.parent.is_dir():
+        raise SpecError(f"--report {report}: folder {report.parent} does not exist")
+    result = compare(read_table(current), read_table(baseline), budget, savings_tolerance, area_tolerance)
+    if report is not None:
+        with open(report, "a") as f:
+            f.write(result.markdown())
+    return result

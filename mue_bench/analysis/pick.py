@@ -33,6 +33,10 @@ def candidates(df: pd.DataFrame, budget: float, objective: str = "layer_savings"
     return ok.sort_values([objective, "quality_rel"], ascending=[False, False], kind="mergesort")
 
 
+# What `pick --json` reports of the chosen point, besides its confidence intervals.
+PICK_FIELDS = ("point_id", "tau_img", "tau_txt", "tau_dec", "encoder_mode", "kv_fill", "dec_schedule", "quality",
+               "quality_rel", "layer_savings", "flop_savings", "time_savings", "consistency")
+
 
 @dataclass
 class BudgetPick:
@@ -40,6 +44,15 @@ class BudgetPick:
     top: pd.DataFrame  # best candidates with confidence intervals
     objective: str
     budget: float
+
+    @property
+    def chosen_id(self) -> str | None:
+        return None if self.chosen is None else str(self.chosen.point_id)
+
+    def to_json(self) -> dict:
+        chosen = None if self.chosen is None else {k: v for k, v in self.chosen.items()
+                                                   if k in PICK_FIELDS or k.endswith(("_lo", "_hi"))}
+        return {"budget": self.budget, "objective": self.objective, "chosen": chosen}
 
 
 def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 5, n_boot: int = 1000) -> BudgetPick:
@@ -54,3 +67,16 @@ def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 
     return BudgetPick(None if ranked.empty else ranked.iloc[0], ranked, column, budget)
 
 
+
+
+def pick_files(paths: list[Path], budget: float, objective: str = "layer", top: int = 5, risk: float | None = None,
+               confidence: float = 0.95, calibration_split: str = "val", verify: str | None = None):
+    """`mue-bench pick`: a budget pick on one results file, or with `risk` a Learn-then-Test pick calibrated
+    on the file of `calibration_split` (and verified on the file of `verify`)."""
+    from mue_bench.analysis.risk import risk_pick
+
+    if risk is not None:
+        return risk_pick(paths, risk, confidence, calibration_split, verify)
+    if len(paths) != 1:
+        raise SpecError("give one results file (several only with --risk)")
+    return budget_pick(paths[0], budget, objective, top)

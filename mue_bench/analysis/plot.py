@@ -20,7 +20,9 @@ import pandas as pd  # noqa: E402
 
 from mue_bench.analysis.bootstrap import bootstrap_intervals  # noqa: E402
 from mue_bench.analysis.pareto import pareto_front  # noqa: E402
-from mue_bench.analysis.pick import pick  # noqa: E402
+from mue_bench.analysis.pick import OBJECTIVES, pick  # noqa: E402
+from mue_bench.errors import SpecError  # noqa: E402
+from mue_bench.results import load_results  # noqa: E402
 
 AXIS = {
     "layer": ("layer_savings", "layer savings (% of layer executions skipped)"),
@@ -145,3 +147,13 @@ def all_figures(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: 
     if len(points["tau_dec"].unique()) and (~points["is_full"]).any():
         paths += heatmaps(points, out) + heatmaps(points, out, "layer_savings")
     return paths + exit_histograms(points, samples, out, budget)
+
+
+def plot_files(results: list[Path], out: Path, x: str = "layer", y: str = "quality_rel",
+               budget: float = 0.99) -> list[Path]:
+    """Every figure of the results files (the trade-off figure overlays them all); the paths written."""
+    if x not in OBJECTIVES:
+        raise SpecError(f"--x must be one of {', '.join(OBJECTIVES)} (got {x!r})")
+    if y not in ("quality_rel", "quality"):
+        raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
+    return all_figures([load_results(p) for p in results], out, x, y, budget)

@@ -80,8 +80,21 @@ class RiskPick:
     result: LTTResult
     calibration: Path
     verification: pd.DataFrame | None  # realised risk per point on the held-out split
+    delta: float
+    confidence: float
 
+    @property
+    def chosen_id(self) -> str | None:
+        return self.result.chosen
 
+    def path_table(self) -> pd.DataFrame:
+        """The tested path, with the realised risk on the held-out split where one was given."""
+        table = self.result.table
+        return table if self.verification is None else table.merge(self.verification, on="point_id", how="left")
+
+    def to_json(self) -> dict:
+        return {"risk": self.delta, "confidence": self.confidence, "chosen": self.result.chosen,
+                "path": self.path_table().to_dict("records")}
 
 def _by_split(paths: list[Path], split: str) -> Path:
     for p in paths:
@@ -110,5 +123,5 @@ def risk_pick(paths: list[Path], delta: float, confidence: float, calibration_sp
         _, ver_samples = load_results(_by_split(paths, verify_split))
         risk = 1.0 - ver_samples.groupby("point_id")["consistency"].mean()
         verification = risk.rename("realised_risk").reset_index()
-    return RiskPick(result, cal_path, verification)
+    return RiskPick(result, cal_path, verification, delta, confidence)
 

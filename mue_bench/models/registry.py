@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.tiny.adapter import BUILTIN_DIR, TinyAdapter
-from mue_bench.spec import ModelSpec
+from mue_bench.models.tiny.adapter import TinyAdapter
+from mue_bench.spec import Checkpoint, ModelSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,42 +35,48 @@ def device_name(device: torch.device) -> str:
 
 
 def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
+    checkpoint = spec.resolved
     if spec.family == "mue-tiny":
-        adapter = TinyAdapter.load(spec.checkpoint)
+        adapter = TinyAdapter.load(str(checkpoint))
     elif spec.family == "florence2":
         from mue_bench.models.hf.florence2 import Florence2Adapter
 
-        adapter = Florence2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
+        adapter = Florence2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation)
     elif spec.family == "t5gemma2":
         from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 
-        adapter = T5Gemma2Adapter.load(spec.checkpoint, spec.trust_remote_code, spec.attn_implementation)
+        adapter = T5Gemma2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation)
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])
     return adapter
 
 
-def checkpoint_hash(spec: ModelSpec) -> str:
-    """sha256 of the weight files, so results name exactly which weights produced them. A hub id is
-    hashed from the files of its local cache copy when there is one; random weights are named as such."""
-    if spec.checkpoint.startswith("random:"):
-        return spec.checkpoint
-    path = BUILTIN_DIR / spec.checkpoint if (BUILTIN_DIR / spec.checkpoint).is_dir() else Path(spec.checkpoint)
-    if not path.is_dir():
-        path = _hub_snapshot(spec.checkpoint)
-        if path is None:
-            return f"hub:{spec.checkpoint}"
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _hub_snapshot(repo_id: str) -> Path | None:
+def weights_folder(checkpoint: Checkpoint) -> Path | None:
+    """Where the loader read the weights from: the folder, or for a hub id its local cache copy (there once
+    the model is loaded). None for random weights."""
+    if checkpoint.kind == "random":
+        return None
+    if checkpoint.path is not None:
+        return checkpoint.path
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached, not a valid id, or no hub library: fall back to naming it
+        return Path(snapshot_download(checkpoint.ref, local_files_only=True))
+    except Exception:  # not in the cache (or no hub library): nothing on disk to hash
         return None
+
+
+def checkpoint_hash(checkpoint: Checkpoint) -> str:
+    """sha256 over the weight files loaded, so results name exactly which weights produced them; random
+    weights are named by their shape, a hub id with no local copy by its id."""
+    folder = weights_folder(checkpoint)
+    if folder is None:
+        return str(checkpoint) if checkpoint.kind == "random" else f"hub:{checkpoint.ref}"
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    h = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

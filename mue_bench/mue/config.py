@@ -1,9 +1,10 @@
-"""One exit setting: the threshold triple plus the choices DESIGN.md §1 says must be recorded."""
+"""One exit setting: the threshold triple plus the choices DESIGN.md §1 says must be recorded, and its
+identity: the one place that renders a setting to its point id, used for resume, logs, files and plots."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 EncoderMode = Literal["split", "freeze"]
@@ -34,8 +35,40 @@ class ExitConfig:
         return ExitConfig(encoder_mode=self.encoder_mode)
 
     def canonical(self) -> ExitConfig:
-        """One spelling per distinct computation: every no-exit setting is its reference."""
-        return self.reference() if self.is_full else self
+        """One spelling per distinct computation: every no-exit setting is its reference, and every threshold
+        above 1 is NO_EXIT (all of them never fire)."""
+        if self.is_full:
+            return self.reference()
+        return replace(self, **{k: NO_EXIT for k in ("tau_img", "tau_txt", "tau_dec") if getattr(self, k) > 1})
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self)
+
+    @property
+    def reference_id(self) -> str:
+        """The point id of the full model every saving of this point divides by."""
+        return point_id(self.reference())
+
+
+def format_tau(t: float) -> str:
+    """A threshold as ids and tables show it: "off" above 1, else the shortest text that reads back as the
+    same float (so distinct thresholds never share a name: 0.99995 is not 1), without a trailing ".0"."""
+    if t > 1:
+        return "off"
+    text = repr(float(t))
+    return text.removesuffix(".0")
+
+
+def point_id(cfg: ExitConfig) -> str:
+    """Stable, filename-safe name of a grid point, e.g. img=0.95-txt=0.99-dec=0.9-split-copy-constant."""
+    if cfg.is_full:
+        return f"full-{cfg.encoder_mode}"
+    if cfg.fixed_exit is not None:
+        head = "fixed={}.{}.{}".format(*cfg.fixed_exit)
+    else:
+        head = f"img={format_tau(cfg.tau_img)}-txt={format_tau(cfg.tau_txt)}-dec={format_tau(cfg.tau_dec)}"
+    return f"{head}-{cfg.encoder_mode}-{cfg.kv_fill}-{cfg.dec_schedule}"
 
 
 def decoder_threshold(tau: float, step: int, max_len: int, schedule: DecSchedule) -> float:

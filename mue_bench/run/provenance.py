@@ -33,7 +33,7 @@ def provenance(spec: SweepSpec, device: torch.device, run_id: str) -> dict:
     return {
         "run_id": run_id, "spec_name": spec.name, "spec_hash": spec.spec_hash(),
         "context_hash": spec.context_hash(), "model_family": spec.model.family,
-        "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model),
+        "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model.resolved),
         "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
         "device": str(device), "device_name": device_name(device), "dtype": spec.run.dtype,
         "batch_size": spec.run.batch_size, "num_beams": spec.decoding.num_beams,

@@ -28,7 +28,7 @@ from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import peak_memory, reset_peak_memory, timed
 from mue_bench.scoring.score import score
 from mue_bench.scoring.summarise import failed_rows, summarise
-from mue_bench.spec import SweepSpec, point_id
+from mue_bench.spec import SweepSpec
 
 
 @dataclass
@@ -92,7 +92,7 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
         on_batch()
     if reuse is not None:
         executions += reuse.take_executions()
-    pid = point_id(cfg)
+    pid = cfg.point_id
     rows, index = [], 0
     for b, res in enumerate(results):
         share = median(times[b]) / len(res.samples) if b < n_timed else float("nan")
@@ -138,7 +138,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     options, progress = options or SweepOptions(), progress or Progress()
     device = resolve_device(spec.run.device)
     torch.manual_seed(spec.run.seed)
-    configs = {point_id(c): c for c in spec.points()}
+    configs = {c.point_id: c for c in spec.points()}
     store = SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh)
     done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
     # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.

@@ -8,7 +8,6 @@ import pandas as pd
 from mue_bench.data.loaders import Sample
 from mue_bench.mue.config import ExitConfig
 from mue_bench.scoring.metrics import accuracy, caption_agreement, label_agreement, score_grid
-from mue_bench.spec import point_id
 
 
 def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitConfig], task: str,
@@ -21,11 +20,10 @@ def score(samples: pd.DataFrame, dataset: list[Sample], configs: dict[str, ExitC
     if task == "caption":  # one tokenizer call serves the quality metrics and consistency
         _, tokens, scores = score_grid(preds, [s.references for s in dataset], meteor)
     consist: dict[str, np.ndarray] = {}
-    for mode in {c.encoder_mode for c in configs.values()}:
-        ref_id = point_id(ExitConfig(encoder_mode=mode))
+    for ref_id in {c.reference_id for c in configs.values()}:
         if ref_id not in preds:
             continue
-        members = [pid for pid in preds if configs[pid].encoder_mode == mode]
+        members = [pid for pid in preds if configs[pid].reference_id == ref_id]
         if task == "caption":
             consist.update(caption_agreement({pid: tokens[pid] for pid in members}, tokens[ref_id]))
         else:

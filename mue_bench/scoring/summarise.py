@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from mue_bench.mue.config import ExitConfig
-from mue_bench.spec import point_id
 
 
 def quality_metric(task: str) -> str:
@@ -60,9 +59,9 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
     for pid, cfg in configs.items():
         if pid not in stats:
             continue
-        s, ref = stats[pid], stats.get(point_id(cfg.reference()))
+        s, ref = stats[pid], stats.get(cfg.reference_id)
         row = {
-            "point_id": pid, "status": "ok", "error": None, "is_full": cfg.is_full,
+            "point_id": pid, "reference_id": cfg.reference_id, "status": "ok", "error": None, "is_full": cfg.is_full,
             "tau_img": cfg.tau_img, "tau_txt": cfg.tau_txt, "tau_dec": cfg.tau_dec,
             "encoder_mode": cfg.encoder_mode, "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule,
             "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None, **s,
@@ -91,7 +90,8 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
 
 def failed_rows(failures: Mapping[str, Mapping], configs: Mapping[str, ExitConfig]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "point_id": pid, "status": "failed", "error": f"{f['type']}: {f['message']}",
+        "point_id": pid, "reference_id": configs[pid].reference_id, "status": "failed",
+        "error": f"{f['type']}: {f['message']}",
         "is_full": configs[pid].is_full, "tau_img": configs[pid].tau_img, "tau_txt": configs[pid].tau_txt,
         "tau_dec": configs[pid].tau_dec, "encoder_mode": configs[pid].encoder_mode,
         "kv_fill": configs[pid].kv_fill, "dec_schedule": configs[pid].dec_schedule,

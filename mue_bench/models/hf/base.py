@@ -23,6 +23,7 @@ from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
 from mue_bench.mue.cost import counted_flops
 from mue_bench.mue.search import DecodingConfig
+from mue_bench.spec import Checkpoint
 
 MUE_BENCH_JSON = "mue_bench.json"  # saved with processor-less (random) models: how to build their inputs
 
@@ -118,26 +119,23 @@ class HFAdapterBase:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, checkpoint: str | Path, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+    def load(cls, checkpoint: Checkpoint, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
              ) -> HFAdapterBase:
-        """A hub id or a local directory in transformers' format, or "random:<shape>" for random weights."""
+        """A hub id or a local folder in transformers' format, or random weights of a named shape."""
         import transformers
         from transformers import AutoProcessor
 
-        if str(checkpoint).startswith("random:"):
-            shape = str(checkpoint).removeprefix("random:")
-            if shape not in cls.shapes:
-                raise MueBenchError(f"model.checkpoint {checkpoint!r}: unknown shape (use one of "
-                                    f"{', '.join('random:' + k for k in cls.shapes)})")
-            return cls.random(shape, attn_implementation=attn_implementation)
-        local_inputs = Path(checkpoint) / MUE_BENCH_JSON
+        if checkpoint.kind == "random":
+            return cls.random(checkpoint.ref, attn_implementation=attn_implementation)
+        ref = checkpoint.ref
+        local_inputs = Path(ref) / MUE_BENCH_JSON
         try:
             model = getattr(transformers, cls.model_class).from_pretrained(
-                str(checkpoint), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+                ref, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
             processor = None if local_inputs.is_file() else AutoProcessor.from_pretrained(
-                str(checkpoint), trust_remote_code=trust_remote_code)
+                ref, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise MueBenchError(f"model.checkpoint {str(checkpoint)!r}: cannot load {cls.model_class} "
+            raise MueBenchError(f"model.checkpoint {ref!r}: cannot load {cls.model_class} "
                                 f"({str(e).splitlines()[0]})") from None
         adapter = cls(model, processor)
         if local_inputs.is_file():

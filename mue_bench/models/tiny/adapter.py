@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mue_bench.data.loaders import Sample
+from mue_bench.errors import SpecError
 from mue_bench.models.tiny.inputs import TinyBatch, collate, load_pixels, prompt
 from mue_bench.models.tiny.model import TinyOFA
 from mue_bench.models.tiny.tokenizer import WordTokenizer
@@ -14,8 +15,7 @@ from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
 from mue_bench.mue.search import DecodingConfig
-
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
+from mue_bench.spec import parse_checkpoint
 
 
 class TinyAdapter:
@@ -33,8 +33,12 @@ class TinyAdapter:
 
     @classmethod
     def load(cls, checkpoint: str | Path) -> TinyAdapter:
-        """A built-in name (e.g. "mue-tiny") or a directory with model.safetensors, config.json, tokenizer.json."""
-        path = BUILTIN_DIR / str(checkpoint) if (BUILTIN_DIR / str(checkpoint)).is_dir() else Path(checkpoint)
+        """A built-in name (e.g. "mue-tiny") or a folder with model.safetensors, config.json, tokenizer.json."""
+        try:
+            path = parse_checkpoint(cls.family, str(checkpoint)).path
+        except ValueError as e:
+            raise SpecError(f"checkpoint: {e}") from None
+        assert path is not None  # mue-tiny checkpoints are built-in names or folders
         return cls(TinyOFA.load(path), WordTokenizer.load(path / "tokenizer.json"))
 
     # --- inputs -----------------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""Option types shared by several commands, and the error contract every command runs under."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mue_bench.errors import MueBenchError
+
+DEFAULT_SPEC = Path("sweeps/demo.toml")
+
+SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (TOML).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N samples.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 or auto (overrides the spec).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep, e.g. 0.99.")]
+ResultsArg = Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")]
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Library errors become one red line and their exit code (2 bad input, 1 run-time); Ctrl-C is 130."""
+    from mue_bench.cli.render import err_console
+
+    try:
+        yield
+    except MueBenchError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished points are saved; rerun the same command to resume")
+        raise typer.Exit(130) from None

@@ -1,0 +1,164 @@
+"""Everything the commands draw: tables, progress and JSON. Only presentation; no decisions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mue_bench.analysis.pick import pick
+from mue_bench.mue.config import format_tau
+
+# Tables stay readable when output goes to a pipe or a CI log, where rich would assume 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 150
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+
+
+def pct(x: object) -> str:
+    return "–" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+def num(x: object, digits: int = 3) -> str:
+    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
+
+
+def jsonable(v: object) -> object:
+    """Plain JSON values: NaN becomes null, numpy scalars and arrays plain numbers and lists."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if hasattr(v, "tolist"):
+        return jsonable(v.tolist())
+    if isinstance(v, float) and pd.isna(v):
+        return None
+    return v
+
+
+def print_json(data: object) -> None:
+    console.print_json(json.dumps(jsonable(data)))
+
+
+def line(text: str) -> None:
+    console.print(text, highlight=False, markup=False)
+
+
+def _table(title: str, columns: list[str], left: set[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table
+
+
+def summary_table(points: pd.DataFrame, title: str) -> Table:
+    """The full model, and the largest layer savings within 1% and 5% quality loss."""
+    metric = points["quality_metric"].iloc[0]
+    table = _table(title, ["", "τ_img", "τ_txt", "τ_dec", metric, "quality_rel", "layer sav.", "FLOP sav.",
+                           "time sav.", "consistency"], {""})
+    ok = points[points["status"] == "ok"]
+    rows = [("full model", ok[ok["is_full"]].iloc[0] if ok["is_full"].any() else None)]
+    rows += [(f"best ≥{int(b * 100)}% quality", pick(ok, b)) for b in (0.99, 0.95)]
+    for label, r in rows:
+        if r is None:
+            table.add_row(label, *["–"] * 9)
+            continue
+        table.add_row(label, format_tau(r.tau_img), format_tau(r.tau_txt), format_tau(r.tau_dec), num(r.quality),
+                      pct(r.quality_rel), pct(r.layer_savings), pct(r.flop_savings), pct(r.time_savings),
+                      pct(r.consistency))
+    return table
+
+
+def sweep_summary(outcome, spec) -> None:
+    pts = outcome.points
+    console.print(summary_table(pts, f"{spec.name}: {len(pts)} points x {int(pts['n'].max())} samples "
+                                     f"({len(outcome.computed)} computed, {len(outcome.reused)} reused)"))
+    line(f"wrote {spec.results_path()} and {spec.samples_path()}")
+    if outcome.failed:
+        err_console.print(f"[red]{len(outcome.failed)} point(s) failed:[/red] " + ", ".join(outcome.failed))
+
+
+def grid_listing(spec) -> None:
+    points = spec.points()
+    for p in points:
+        line(p.point_id)
+    line(f"{len(points)} grid points (full model included) x {spec.data.limit or 'all'} samples -> "
+         f"{spec.results_path()}")
+
+
+def eval_table(points: pd.DataFrame, title: str) -> None:
+    pts = points.set_index("point_id")
+    table = _table(f"{title} (n={int(pts['n'].iloc[0])})", ["", pts["quality_metric"].iloc[0], "quality_rel",
+                   "img layers", "txt layers", "dec layers", "layer sav.", "FLOP sav.", "time sav.", "consistency"],
+                   {""})
+    for pid, r in pts.iterrows():
+        table.add_row("full model" if r.is_full else pid, num(r.quality), pct(r.quality_rel),
+                      num(r.enc_img_layers, 2), num(r.enc_txt_layers, 2), num(r.dec_layers, 2),
+                      pct(r.layer_savings), pct(r.flop_savings), pct(r.time_savings), pct(r.consistency))
+    console.print(table)
+
+
+def budget_table(bp) -> None:
+    table = _table(f"candidates with quality_rel ≥ {bp.budget:g}, by {bp.objective}",
+                   ["point", "quality_rel [95% CI]", "layer sav. [95% CI]", "FLOP sav. [95% CI]", "time sav."],
+                   {"point"})
+    for r in bp.top.itertuples():
+        table.add_row(r.point_id, f"{pct(r.quality_rel)} [{pct(r.quality_rel_lo)}, {pct(r.quality_rel_hi)}]",
+                      f"{pct(r.layer_savings)} [{pct(r.layer_savings_lo)}, {pct(r.layer_savings_hi)}]",
+                      f"{pct(r.flop_savings)} [{pct(r.flop_savings_lo)}, {pct(r.flop_savings_hi)}]",
+                      pct(r.time_savings))
+    console.print(table)
+    if bp.chosen is not None:
+        line(f"picked {bp.chosen.point_id}")
+    else:
+        err_console.print(f"no point keeps quality_rel ≥ {bp.budget:g}", highlight=False)
+
+
+def risk_table(rp) -> None:
+    table = rp.path_table()
+    cols = ["point_id", "n", "risk_hat", "p_value", "accepted"]
+    cols += ["realised_risk"] if "realised_risk" in table else []
+    t = _table(f"Learn then Test on {rp.calibration} (risk ≤ {rp.delta:g} with probability ≥ {rp.confidence:g})",
+               cols, {"point_id"})
+    for r in table.itertuples():
+        t.add_row(*[str(getattr(r, c)) if c in ("point_id", "n", "accepted") else f"{getattr(r, c):.4g}"
+                    for c in cols])
+        if not r.accepted:
+            break
+    console.print(t)
+    line(f"picked {rp.result.chosen}" if rp.result.chosen else "no point passes: keep the full model")
+
+
+class _RichHooks:
+    def __init__(self, progress: Progress):
+        self.p = progress
+        self.points = progress.add_task("grid points", total=None)
+        self.batches = progress.add_task("batches", total=None)
+
+    def hooks(self):
+        from mue_bench.run.runner import Progress as Hooks
+
+        return Hooks(
+            start_points=lambda total, done: self.p.update(self.points, total=total, completed=done),
+            start_point=lambda pid, n: self.p.reset(self.batches, total=n, description=pid),
+            batch_done=lambda: self.p.advance(self.batches),
+            point_done=lambda pid, ok: self.p.advance(self.points),
+            warming_up=lambda: self.p.update(self.batches, description="warm-up (full model, untimed)"),
+            scoring=lambda: self.p.update(self.batches, description="scoring (pycocoevalcap)"),
+            warn=lambda msg: err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
+        )
+
+
+@contextmanager
+def progress() -> Iterator:
+    """A transient progress bar on stderr; yields the runner's progress hooks."""
+    bar = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True)
+    with bar:
+        yield _RichHooks(bar).hooks()

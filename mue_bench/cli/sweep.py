@@ -1,0 +1,33 @@
+"""`mue-bench sweep`: run a spec's grid and print its summary."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mue_bench.cli import render
+from mue_bench.cli.options import DEFAULT_SPEC, DeviceOpt, LimitOpt, SpecArg, handled
+
+
+def sweep(
+    spec: SpecArg = DEFAULT_SPEC, limit: LimitOpt = None, device: DeviceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and its size, run nothing.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results of this spec.")] = False,
+    continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Record a failing point and go on.")]
+    = False,
+    meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
+) -> None:
+    """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
+    from mue_bench.run.runner import SweepOptions, run_sweep
+    from mue_bench.spec import load_spec
+
+    with handled():
+        s = load_spec(spec).overridden(limit=limit, device=device)
+        if dry_run:
+            return render.grid_listing(s)
+        with render.progress() as hooks:
+            outcome = run_sweep(s, SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor), hooks)
+    render.sweep_summary(outcome, s)
+    if outcome.failed:
+        raise typer.Exit(1)
