@@ -24,7 +24,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest tests
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check mue_bench tests benchmarks
+	$(BIN)/ruff check mue_bench tests benchmarks studies
 
 clean:
 	rm -rf $(VENV) data results/*.parquet results/*.parts

@@ -1,6 +1,6 @@
 """Does a batch still cost its deepest exit? Batch compaction vs masked execution, side by side.
 
-Issue 6: samples of one batch exit at different layers. Masked execution runs every layer on the whole
+Samples of one batch exit at different layers. Masked execution runs every layer on the whole
 batch while any row needs it (exited rows are kept by a `where`), so the batch costs its deepest exit;
 compaction runs each layer on the rows still active only. Both give identical outputs (tested); this
 prints their time. realization = measured speedup over the full model / ideal speedup, where ideal = full
@@ -16,21 +16,15 @@ make exits nearly uniform across samples, so only the shipped model shows what v
 
 from __future__ import annotations
 
-import argparse
-from statistics import median
-
 import numpy as np
 import torch
+from _common import interleaved_medians, load_model, parser
 
-from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.models.tiny.model import TinyConfig, TinyOFA
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
-from mue_bench.run.prepare import load_samples
-from mue_bench.run.timing import timed
-from mue_bench.spec import DataSpec
 
 DEMO_POINTS = [(0.99, 0.99, 0.98), (0.97, 0.97, 0.9), (0.995, 0.97, 0.995)]
 
@@ -61,13 +55,8 @@ def _median_point(adapter, batch, decoding) -> tuple[float, float, float]:
 
 @torch.no_grad()
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> list[dict]:
-    if name in ("mue-tiny", "wide"):
-        adapter = _adapter(name)
-        batch = adapter.prepare(load_samples(DataSpec(task="caption"))[:batch_size])
-    else:  # a transformers model with random weights, e.g. florence2-large or t5gemma2-270m
-        adapter, batch = random_hf_model(name, batch_size)
-    adapter.model.to(device)
-    batch = batch.to(device)
+    # any other name: a transformers model with random weights, e.g. florence2-large or t5gemma2-270m
+    adapter, batch = load_model(name, batch_size, device, _adapter(name) if name in ("mue-tiny", "wide") else None)
     decoding = adapter.decoding(max_len=max_len, no_repeat_ngram=3)
     points = DEMO_POINTS if name == "mue-tiny" else [_median_point(adapter, batch, decoding)]
     full = ExitConfig(encoder_mode="freeze")
@@ -83,13 +72,7 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
 
         runs = {"full": lambda: run(full, True), "masked": lambda c=cfg: run(c, False),
                 "compacted": lambda c=cfg: run(c, True)}
-        for fn in runs.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {key: [] for key in runs}
-        for _ in range(repeats):  # interleaved, so drift hits every variant alike
-            for key, fn in runs.items():
-                times[key].append(timed(fn, device)[1])
-        t = {key: median(v) for key, v in times.items()}
+        t = interleaved_medians(runs, repeats, device)
         ideal = flops["full"] / flops["point"]
         row = {"model": name, "batch": batch_size, "tau": "/".join(f"{x:.3g}" for x in tau), "ideal": ideal,
                "full_s": t["full"]}
@@ -102,13 +85,12 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mue-tiny,wide")
-    parser.add_argument("--batches", default="8,32")
-    parser.add_argument("--max-len", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    p = parser(__doc__, device=True)
+    p.add_argument("--models", default="mue-tiny,wide")
+    p.add_argument("--batches", default="8,32")
+    p.add_argument("--max-len", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
     device = torch.device(args.device)
     print(f"device {device_name(device)}; freeze mode, greedy, {args.max_len} tokens; median of {args.repeats}")
     print(f"{'model':<16}{'batch':>6}  {'tau img/txt/dec':<20}{'ideal x':>8}{'full s':>9}"

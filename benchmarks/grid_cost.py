@@ -1,7 +1,7 @@
 """What a 5x5x5 threshold grid costs: layer executions and wall time of the sweep, against the naive
 cost (125 full-model evaluations) and against one full-model pass.
 
-Targets (issue 6): <= 25% of the naive layer executions; on GPU <= 10x the wall time of one full pass.
+Targets: <= 25% of the naive layer executions; on GPU <= 10x the wall time of one full pass.
 Layer executions count every encoder-stream layer and every decoder layer run per token, per sample,
 over all points the sweep evaluates (the full-model point included), as the sweep really ran them: with
 grid reuse (`timing.batches`, default 1 timed batch per point) encoder outputs are shared across tau_dec and
@@ -12,10 +12,9 @@ generations across points where a sample reaches the same exits; `--timed-batche
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
 from pathlib import Path
+
+from _common import parser, timed_sweep
 
 from mue_bench.run import runner
 from mue_bench.spec import GridSpec, load_spec
@@ -25,24 +24,17 @@ GRID = {"tau_img": [0.97, 0.98, 0.99, 0.995, 0.998], "tau_txt": [0.95, 0.97, 0.9
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default="sweeps/demo.toml")
-    parser.add_argument("--limit", type=int, default=40)
-    parser.add_argument("--timed-batches", type=int, default=1, help="0: no reuse, every batch timed")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--spec", default="sweeps/demo.toml")
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--timed-batches", type=int, default=1, help="0: no reuse, every batch timed")
+    args = p.parse_args()
 
     spec = load_spec(Path(args.spec))
     grid = GridSpec(**GRID, encoder_mode=spec.grid.encoder_mode[:1], kv_fill=spec.grid.kv_fill[:1],
                     dec_schedule=spec.grid.dec_schedule[:1])
-    with tempfile.TemporaryDirectory() as out:
-        spec = spec.model_copy(update={
-            "grid": grid, "output": spec.output.model_copy(update={"dir": out}),
-            "data": spec.data.model_copy(update={"limit": args.limit}),
-            "timing": spec.timing.model_copy(update={"warmup": 0, "repeats": 1,
-                                                     "batches": args.timed_batches or None})})
-        t0 = time.perf_counter()
-        outcome = runner.run_sweep(spec, runner.SweepOptions(fresh=True, meteor=False))
-        total = time.perf_counter() - t0
+    outcome, total = timed_sweep(spec, runner.SweepOptions(fresh=True, meteor=False), limit=args.limit, grid=grid,
+                                 timing={"warmup": 0, "repeats": 1, "batches": args.timed_batches or None})
 
     points, samples = outcome.points, outcome.samples
     full_id = points.loc[points["layer_savings"] == 0, "point_id"].iloc[0]

@@ -1,6 +1,6 @@
 """The exit engine with exits disabled vs the model's own generate(), per generated token.
 
-Target (issue 6): within 5% of `generate()` per token. Both produce the same tokens (tested elsewhere);
+Target: within 5% of `generate()` per token. Both produce the same tokens (tested elsewhere);
 the cost per token is the slope between a short and a long generation (ignore_eos / min_new_tokens fix
 the lengths), so the encoder and the vision tower, identical in both, cancel out. The engine runs every
 step through its exit bookkeeping (similarity per layer, fill of skipped slots), which is its overhead
@@ -11,49 +11,36 @@ over transformers' loop. Medians over repeats, alternating the two so drift hits
 
 from __future__ import annotations
 
-import argparse
-from statistics import median
-
 import torch
+from _common import interleaved_medians, load_model, parser
 
-from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_model
-from mue_bench.run.timing import timed
 
 
 def per_token(model_name: str, batch_size: int, short: int, long: int, repeats: int, device: torch.device):
-    adapter, batch = random_hf_model(model_name, batch_size)
-    adapter.model.to(device)
-    batch = batch.to(device)
+    adapter, batch = load_model(model_name, batch_size, device)
     cfg = ExitConfig(encoder_mode="freeze")
     runs = {}
     for n in (short, long):
         dec = adapter.decoding(max_len=n, ignore_eos=True)
         runs[("engine", n)] = lambda d=dec: run_model(adapter, batch, cfg, d)
         runs[("generate", n)] = lambda d=dec: adapter.reference_generate(batch, d)
-    times: dict = {k: [] for k in runs}
     with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(repeats):
-            for key, fn in runs.items():
-                times[key].append(timed(fn, device)[1])
-    slope = {who: (median(times[(who, long)]) - median(times[(who, short)])) / (long - short)
-             for who in ("engine", "generate")}
+        t = interleaved_medians(runs, repeats, device)
+    slope = {who: (t[(who, long)] - t[(who, short)]) / (long - short) for who in ("engine", "generate")}
     return slope
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="florence2-tiny,florence2-base,t5gemma2-tiny")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--short", type=int, default=4)
-    parser.add_argument("--long", type=int, default=36)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    p = parser(__doc__, device=True)
+    p.add_argument("--models", default="florence2-tiny,florence2-base,t5gemma2-tiny")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--short", type=int, default=4)
+    p.add_argument("--long", type=int, default=36)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
     device = torch.device(args.device)
     name = device_name(device)
     print(f"device {name}, batch {args.batch}, per-token time = slope between {args.short} and {args.long} tokens, "

@@ -1,6 +1,6 @@
 """Do saved layers show up on the clock? Fixed-exit speedup over the full model vs the ideal FLOP speedup.
 
-Target (issue 6): realization >= 0.9 at batch 1 (GPU and CPU) and >= 0.7 at batch 32 on GPU, for the
+Target: realization >= 0.9 at batch 1 (GPU and CPU) and >= 0.7 at batch 32 on GPU, for the
 Florence-2-large-shaped model. Every stream and token exits after k of L layers (fixed-exit mode, so
 random weights suffice). realization = measured speedup / ideal speedup, where ideal = full FLOPs /
 exit FLOPs from the engine's analytic count (vision tower included: no exit skips it).
@@ -14,20 +14,14 @@ cosine similarity over the whole flattened batch per layer and a Python `if` on 
 
 from __future__ import annotations
 
-import argparse
-from statistics import median
-
 import torch
 import torch.nn.functional as F
+from _common import interleaved_medians, load_model, parser
 
-from mue_bench.models.hf.random import random_hf_model
 from mue_bench.models.registry import device_name
 from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
-from mue_bench.run.prepare import load_samples
-from mue_bench.run.timing import timed
-from mue_bench.spec import DataSpec
 
 
 def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:
@@ -64,20 +58,9 @@ def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> l
     return torch.stack(out, 1).tolist()
 
 
-def _load(name: str, batch_size: int, device: torch.device):
-    if name == "mue-tiny":
-        adapter = TinyAdapter.load("mue-tiny")
-        samples = (load_samples(DataSpec(task="caption")) * batch_size)[:batch_size]
-        batch = adapter.prepare(samples)
-    else:
-        adapter, batch = random_hf_model(name, batch_size)
-    adapter.model.to(device)
-    return adapter, batch.to(device)
-
-
 @torch.no_grad()
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> dict:
-    adapter, batch = _load(name, batch_size, device)
+    adapter, batch = load_model(name, batch_size, device, TinyAdapter.load("mue-tiny") if name == "mue-tiny" else None)
     k = adapter.n_enc_layers // 2
     full_cfg = ExitConfig(encoder_mode="freeze")
     exit_cfg = ExitConfig(encoder_mode="freeze", fixed_exit=(k, k, adapter.n_dec_layers // 2))
@@ -91,13 +74,7 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
         ("authors", "full"): lambda: authors_style(adapter, batch, None, max_len, adapter.eos_id),
         ("authors", "exit"): lambda: authors_style(adapter, batch, k, max_len, adapter.eos_id),
     }
-    for fn in runs.values():  # warm-up for every shape
-        fn()
-    times: dict = {key: [] for key in runs}
-    for _ in range(repeats):  # interleaved, so drift hits every variant alike
-        for key, fn in runs.items():
-            times[key].append(timed(fn, device)[1])
-    t = {key: median(v) for key, v in times.items()}
+    t = interleaved_medians(runs, repeats, device)
     ideal = flops["full"] / flops["exit"]
     row = {"model": name, "batch": batch_size, "k": f"{k}/{adapter.n_enc_layers}", "ideal": ideal}
     for who in ("engine", "authors"):
@@ -108,13 +85,12 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mue-tiny,florence2-large")
-    parser.add_argument("--batches", default="1,32")
-    parser.add_argument("--max-len", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    p = parser(__doc__, device=True)
+    p.add_argument("--models", default="mue-tiny,florence2-large")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--max-len", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
     device = torch.device(args.device)
     name = device_name(device)
     print(f"device {name}; fixed exit after half the layers (encoder streams and every decoder token); "

@@ -1,6 +1,6 @@
 """How much of a sweep's wall time is spent outside model work (loading, pre-processing, scoring, writing).
 
-Target (issue 3): under 10% for the demo sweep. Every call of the engine's model work (warm-up included)
+Target: under 10% for the demo sweep. Every call of the engine's model work (warm-up included)
 is timed by wrapping `run_model`; the rest of the sweep's wall time is overhead. `--cold` starts from an
 empty cache, so METEOR's paraphrase table is cut inside the sweep, as on the first sweep of a dataset.
 
@@ -9,11 +9,11 @@ empty cache, so METEOR's paraphrase table is cut inside the sweep, as on the fir
 
 from __future__ import annotations
 
-import argparse
-import os
-import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from _common import parser, timed_sweep
 
 from mue_bench.results import SweepStore
 from mue_bench.run import runner
@@ -30,41 +30,39 @@ PARTS = {
 }
 
 
+@contextmanager
+def time_parts(spent: dict[str, float]):
+    """Wrap each part's function so its seconds add up in spent[part]; unwrap on exit."""
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in PARTS.items()}
+    for name, (owner, attr) in PARTS.items():
+
+        def wrapped(*a, _fn=originals[name], _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                spent[_name] += time.perf_counter() - t0
+
+        setattr(owner, attr, wrapped)
+    try:
+        yield
+    finally:
+        for name, (owner, attr) in PARTS.items():
+            setattr(owner, attr, originals[name])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", nargs="?", default="sweeps/demo.toml")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--cold", action="store_true", help="start from an empty cache (first sweep)")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("spec", nargs="?", default="sweeps/demo.toml")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--cold", action="store_true", help="start from an empty cache (first sweep)")
+    args = p.parse_args()
 
     spec = load_spec(Path(args.spec))
-    with tempfile.TemporaryDirectory() as out:
-        if args.cold:
-            os.environ["MUE_BENCH_CACHE"] = str(Path(out) / "cache")
-        spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
-        if args.limit:
-            spec = spec.model_copy(update={"data": spec.data.model_copy(update={"limit": args.limit})})
-        spent = {name: 0.0 for name in PARTS}
-        originals = {}
-        for name, (owner, attr) in PARTS.items():  # wrap each part to add up its time
-            originals[name] = getattr(owner, attr)
-
-            def wrapped(*a, _fn=originals[name], _name=name, **kw):
-                t0 = time.perf_counter()
-                try:
-                    return _fn(*a, **kw)
-                finally:
-                    spent[_name] += time.perf_counter() - t0
-
-            setattr(owner, attr, wrapped)
-        t0 = time.perf_counter()
-        try:
-            outcome = runner.run_sweep(spec, runner.SweepOptions(fresh=True))
-        finally:
-            for name, (owner, attr) in PARTS.items():
-                setattr(owner, attr, originals[name])
-        total = time.perf_counter() - t0
-        model_time = spent["model work (warm-up included)"]
+    spent = {name: 0.0 for name in PARTS}
+    with time_parts(spent):
+        outcome, total = timed_sweep(spec, runner.SweepOptions(fresh=True), limit=args.limit, cold=args.cold)
+    model_time = spent["model work (warm-up included)"]
 
     points = outcome.points
     print(f"spec {args.spec}: {len(points)} points x {int(points['n'].max())} samples, "

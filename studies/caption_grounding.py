@@ -6,7 +6,7 @@ and ...") is the ground truth. Per size and kind of one-shape images: how often 
 and no other. Per shape count: how often the caption names exactly the right (colour, kind) objects, and in
 the right left-to-right order.
 
-    .venv/bin/python benchmarks/caption_grounding.py [--checkpoint mue-tiny] [--split val] [--limit 500]
+    .venv/bin/python studies/caption_grounding.py [--checkpoint mue-tiny] [--split val] [--limit 500]
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import argparse
 from collections import defaultdict
 
 import numpy as np
+from _common import in_batches
 
 from mue_bench.data.shapes import COLORS, SHAPES
 from mue_bench.models.tiny.adapter import TinyAdapter
-from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.mue import ExitConfig
 from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec
 
@@ -39,16 +40,12 @@ def main() -> None:
     samples = load_samples(DataSpec(task="caption", split=args.split, limit=args.limit))
     single: dict[tuple[str, str], list[bool]] = defaultdict(list)
     by_count: dict[int, list[tuple[bool, bool]]] = defaultdict(list)
-    decoding, full = adapter.decoding(max_len=24), ExitConfig(encoder_mode="freeze")
-    for i in range(0, len(samples), 50):
-        chunk = samples[i:i + 50]
-        out = run_batch(adapter, adapter.prepare(chunk), full, decoding)
-        for s, res in zip(chunk, out.samples):
-            truth, said = objects(s.references[0]), objects(adapter.text(res.tokens))
-            by_count[len(truth)].append((sorted(said) == sorted(truth), said == truth))
-            if len(truth) == 1:
-                size = s.references[0].split()[1]
-                single[(size, truth[0][1])].append([k for _, k in said] == [truth[0][1]])
+    for s, res in in_batches(adapter, samples, ExitConfig(encoder_mode="freeze"), max_len=24):
+        truth, said = objects(s.references[0]), objects(adapter.text(res.tokens))
+        by_count[len(truth)].append((sorted(said) == sorted(truth), said == truth))
+        if len(truth) == 1:
+            size = s.references[0].split()[1]
+            single[(size, truth[0][1])].append([k for _, k in said] == [truth[0][1]])
     print(f"{args.checkpoint} on shapes {args.split}, n={len(samples)} captions (greedy, full model)")
     print(f"{'one shape':<18}{'n':>5}{'kind right':>12}")
     for (size, kind), hits in sorted(single.items()):

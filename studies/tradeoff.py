@@ -1,27 +1,25 @@
-"""The quality/savings trade-off of trained checkpoints on shapes (issue 2's acceptance figures).
+"""The quality/savings trade-off of trained checkpoints on shapes: how much depth each one can give up.
 
 For each checkpoint and task it runs the task's demo grid and prints the full model's quality next to a
 trivial baseline, the largest layer saving at ≥ 99% / ≥ 96% of full quality, the quality of the most
 aggressive point, the best quality reachable at fixed savings (to compare training losses), and the quality
 of one layer per stream (`fixed_exit` (1, 1, 1): the floor any threshold can reach).
 
-    .venv/bin/python benchmarks/tradeoff.py --checkpoints mue-tiny mue-tiny-finalloss --limit 200
+    .venv/bin/python studies/tradeoff.py --checkpoints mue-tiny mue-tiny-finalloss --limit 200
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+from _common import SPECS, sweep_points, updated
 
 from mue_bench.analysis.baselines import trivial_baseline
 from mue_bench.analysis.pick import pick
-from mue_bench.run.runner import SweepOptions, run_sweep
+from mue_bench.run.runner import SweepOptions
 from mue_bench.spec import load_spec
-
-SPECS = {"caption": "sweeps/demo.toml", "entailment": "sweeps/demo-entailment.toml"}
 
 
 def best_quality_at(points: pd.DataFrame, saving: float) -> float:
@@ -38,24 +36,16 @@ def main() -> None:
     args = parser.parse_args()
 
     for task in args.tasks:
-        base_spec = load_spec(Path(SPECS[task]))
-        base_spec = base_spec.model_copy(update={"data": base_spec.data.model_copy(update={"limit": args.limit})})
+        base_spec = updated(load_spec(Path(SPECS[task])), data={"limit": args.limit})
         desc, base = trivial_baseline(base_spec)
         print(f"\n== {task} ({SPECS[task]}, n={args.limit}); trivial baseline, {desc}: {base:.3f}")
         header = (f"{'checkpoint':<22}{'full':>8}{'sav@99%':>9}{'sav@96%':>9}{'most aggr.':>11}"
                   + "".join(f"{'q@' + format(s, '.0%'):>9}" for s in args.savings) + f"{'1 layer':>9}")
         print(header)
         for ckpt in args.checkpoints:
-            with tempfile.TemporaryDirectory() as out:
-                spec = base_spec.model_copy(update={
-                    "name": f"tradeoff-{task}",
-                    "model": base_spec.model.model_copy(update={"checkpoint": ckpt}),
-                    "output": base_spec.output.model_copy(update={"dir": out}),
-                    "grid": base_spec.grid.model_copy(update={"fixed_exit": [(1, 1, 1)]}),
-                    # quality and savings do not depend on the batch (batch invariance is tested): batch for speed
-                    "run": base_spec.run.model_copy(update={"batch_size": 50}),
-                    "timing": base_spec.timing.model_copy(update={"warmup": 0})})
-                swept = run_sweep(spec, SweepOptions(meteor=False)).points
+            spec = updated(base_spec, name=f"tradeoff-{task}", model={"checkpoint": ckpt},
+                           grid={"fixed_exit": [(1, 1, 1)]})
+            swept = sweep_points(spec, SweepOptions(meteor=False))
             one_layer = swept[swept["fixed_exit"].notna()].iloc[0]
             points = swept[swept["fixed_exit"].isna()]  # thresholds only: what a user can pick
             full = points[points["is_full"]].iloc[0]

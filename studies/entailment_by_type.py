@@ -7,7 +7,7 @@ property (version 2's neutral: "the red circle is heavy"). `--exits` adds a colu
 text, decoder layers), to see which types need depth: those are what a threshold trades away first.
 `--by-gap` adds true and false relations by how far apart (px) the centres of the two shapes they name are.
 
-    .venv/bin/python benchmarks/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 4]
+    .venv/bin/python studies/entailment_by_type.py [--checkpoint mue-tiny] [--limit 600] [--version 4]
         [--exits 1,1,1 3,3,3] [--by-gap]
 """
 
@@ -17,11 +17,12 @@ import argparse
 from collections import defaultdict
 
 import numpy as np
+from _common import in_batches
 
 from mue_bench.data.loaders import Sample
 from mue_bench.data.shapes import DEFAULT_VERSION, NEUTRAL_PROPERTIES, VERSIONS, scenes
 from mue_bench.models.tiny.adapter import TinyAdapter
-from mue_bench.mue import ExitConfig, run_batch
+from mue_bench.mue import ExitConfig
 from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec
 
@@ -77,13 +78,7 @@ def exit_layers(text: str) -> tuple[int, int, int]:
 def correct_per_sample(adapter: TinyAdapter, samples: list[Sample], exit_at: tuple[int, int, int] | None,
                        ) -> dict[str, bool]:
     cfg = ExitConfig(encoder_mode="freeze", fixed_exit=exit_at)
-    correct = {}
-    for i in range(0, len(samples), 50):
-        chunk = samples[i:i + 50]
-        out = run_batch(adapter, adapter.prepare(chunk), cfg, adapter.decoding(max_len=4))
-        for s, res in zip(chunk, out.samples):
-            correct[s.sample_id] = adapter.text(res.tokens) == s.label
-    return correct
+    return {s.sample_id: adapter.text(res.tokens) == s.label for s, res in in_batches(adapter, samples, cfg, max_len=4)}
 
 
 def relation_gaps(samples: list[Sample], spec: DataSpec) -> dict[str, tuple[str, str]]:

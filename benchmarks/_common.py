@@ -1,0 +1,86 @@
+"""What the performance scripts share: their parser and device, interleaved timing, models and inputs, and
+sweeps run into a throwaway folder.
+
+It lives in one place so that every script warms up, times and picks its device the same way, and a fix to
+how one script measures reaches the others. Each script keeps only its own measurement. Scripts run as
+`python benchmarks/NAME.py`, which puts this folder first on `sys.path`, so `import _common` needs nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from statistics import median
+from typing import TypeVar
+
+import torch
+
+from mue_bench.data.loaders import Sample
+from mue_bench.models.hf.random import random_hf_model
+from mue_bench.run import runner
+from mue_bench.run.prepare import load_samples
+from mue_bench.run.timing import timed
+from mue_bench.spec import DataSpec, SweepSpec
+
+K = TypeVar("K", bound=Hashable)
+
+
+def parser(doc: str, device: bool = False) -> argparse.ArgumentParser:
+    """A parser described by the first line of the script's docstring; `device` adds `--device`."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if device:
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def interleaved_medians(runs: dict[K, Callable[[], object]], repeats: int, device: torch.device) -> dict[K, float]:
+    """Median seconds of each run. Every run is called once untimed first (the first call per model and input
+    shape is never timed), then the runs take turns `repeats` times, so drift hits every variant alike."""
+    for fn in runs.values():
+        fn()
+    times: dict[K, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            times[key].append(timed(fn, device)[1])
+    return {key: median(v) for key, v in times.items()}
+
+
+def caption_samples(n: int) -> list[Sample]:
+    """The first n shapes test captions, cycled when n is larger than the split, for a batch of n."""
+    samples = load_samples(DataSpec(task="caption"))
+    return (samples * n)[:n]
+
+
+def load_model(name: str, batch_size: int, device: torch.device, tiny=None):
+    """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions, or else the transformers
+    model `name` with random weights built from its config (no downloads) on random inputs."""
+    if tiny is not None:
+        adapter, batch = tiny, tiny.prepare(caption_samples(batch_size))
+    else:
+        adapter, batch = random_hf_model(name, batch_size)
+    adapter.model.to(device)
+    return adapter, batch.to(device)
+
+
+def updated(spec: SweepSpec, **fields) -> SweepSpec:
+    """spec with fields replaced; a dict replaces fields of that section: `updated(spec, data={"limit": 40})`."""
+    return spec.model_copy(update={
+        name: getattr(spec, name).model_copy(update=value) if isinstance(value, dict) else value
+        for name, value in fields.items()})
+
+
+def timed_sweep(spec: SweepSpec, options: runner.SweepOptions, limit: int | None = None, cold: bool = False,
+                **fields) -> tuple[runner.SweepOutcome, float]:
+    """Run the sweep into a temporary folder, so a benchmark never resumes from or overwrites real results;
+    return its outcome and wall seconds. `limit` caps the samples; `cold` starts from an empty cache."""
+    with tempfile.TemporaryDirectory() as out:
+        if cold:
+            os.environ["MUE_BENCH_CACHE"] = str(Path(out) / "cache")
+        spec = updated(spec, output={"dir": out}, **({"data": {"limit": limit}} if limit else {}), **fields)
+        t0 = time.perf_counter()
+        outcome = runner.run_sweep(spec, options)
+        return outcome, time.perf_counter() - t0
