@@ -57,11 +57,13 @@ def caption_samples(n: int) -> list[Sample]:
 
 def load_model(name: str, batch_size: int, device: torch.device, tiny=None):
     """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions, or else the transformers
-    model `name` with random weights built from its config (no downloads) on random inputs."""
+    model `name` ("<family>-<shape>", e.g. florence2-large) with random weights built from its config (no
+    downloads) on random inputs."""
     if tiny is not None:
         adapter, batch = tiny, tiny.prepare(caption_samples(batch_size))
     else:
-        adapter, batch = random_hf_model(name, batch_size)
+        family, _, shape = name.partition("-")
+        adapter, batch = random_hf_model(family, shape, batch_size)
     adapter.model.to(device)
     return adapter, batch.to(device)
 
