@@ -206,47 +206,24 @@ def _validate_spec(raw: dict, model):
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option(help="Training config (JSON).")] = Path("configs/train-mue-tiny.json"),
+    recipe: Annotated[Path, typer.Option("--recipe", "--config", help="Training recipe (JSON, recipes/).")] = Path(
+        "recipes/mue-tiny.json"),
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")] = Path("checkpoints/mue-tiny"),
-    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
-    init: Annotated[Path | None, typer.Option(help="For a config with continue_from: start from this checkpoint "
-                                                   "(which that config produced) instead of retraining it.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps of that stage.")] = None,
+    stage: Annotated[int | None, typer.Option(min=1, help="Train up to this stage (default: the last) and save "
+                                                          "it.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start the stage from this checkpoint (which the stage before "
+                                                   "it produced) instead of retraining the earlier stages.")] = None,
 ) -> None:
-    """Train with the MuE layer-wise loss: the built-in model (reproduces the shipped checkpoint), or, for a
-    config with a [model] table, fine-tune a transformers model (Florence-2) on a dataset."""
-    from mue_bench.training.tiny import TrainConfig
-    from mue_bench.training.tiny import train as run_training
+    """Train with the MuE layer-wise loss from a recipe: the built-in model (recipes/mue-tiny.json reproduces
+    the shipped checkpoint), or fine-tune a transformers model (recipes/finetune-florence2-coco.json)."""
+    from mue_bench.training import run_recipe
 
     try:
-        if _is_finetune_config(config):
-            return _finetune(config, out, steps)
-        cfg = TrainConfig.from_file(config)
-        if steps:
-            cfg = cfg.model_copy(update={"steps": steps})
-        if init is not None and cfg.continue_from is None:
-            raise SpecError("--init only applies to a config with continue_from")
-        summary = run_training(cfg, out, log=lambda line: console.print(line, highlight=False), init=init)
+        summary = run_recipe(recipe, out, steps=steps, stage=stage, init=init,
+                             log=lambda line: console.print(line, highlight=False))
     except MueBenchError as e:
         raise _fail(e) from None
-    console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
-
-
-def _is_finetune_config(path: Path) -> bool:
-    import json
-
-    try:
-        return "model" in json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False  # TrainConfig.from_file reports the problem
-
-
-def _finetune(config: Path, out: Path, steps: int | None) -> None:
-    from mue_bench.training.finetune import FinetuneConfig, finetune
-
-    cfg = FinetuneConfig.from_file(config)
-    if steps:
-        cfg = cfg.model_copy(update={"steps": steps})
-    summary = finetune(cfg, out, log=lambda line: console.print(line, highlight=False))
     console.print(f"wrote {out} ({summary['steps']} steps, {summary['wall_time_s']} s)")
 
 
