@@ -21,12 +21,12 @@ def _config(tmp_path, shapes_root, steps: int, loss: str = "layerwise", family: 
     data.write_text("".join(json.dumps({"image": f"{r['filepath']}/{r['filename']}",
                                         "references": [s["raw"] for s in r["sentences"]]}) + "\n" for r in rows))
     path = tmp_path / "finetune.json"
-    path.write_text(json.dumps({
+    path.write_text(json.dumps({"trainer": "transformers", "stages": [{
         "model": {"family": family, "checkpoint": "random:tiny"},
         "data": {"dataset": "jsonl", "task": "caption", "annotations": str(data), "images": str(shapes_root)},
         "steps": steps, "batch_size": 3, "grad_accum": 2, "lr": 3e-3, "warmup": 1, "loss": loss,
         "device": "cpu", "log_every": 1,
-    }))
+    }]}))
     return path
 
 
@@ -53,10 +53,9 @@ def _samples(shapes_root):
 
 
 def test_final_loss_trains_only_the_last_layer_output(tmp_path, shapes_root):
-    from mue_bench.training.finetune import FinetuneConfig, finetune
+    from mue_bench.training import run_recipe
 
-    cfg = FinetuneConfig.from_file(_config(tmp_path, shapes_root, 2, loss="final"))
-    summary = finetune(cfg, None, log=lambda line: None)
+    summary = run_recipe(_config(tmp_path, shapes_root, 2, loss="final"), None, log=lambda line: None)
     assert len(summary["loss_per_layer_first"]) == 1
     assert torch.isfinite(torch.tensor(summary["loss_per_layer_last"])).all()
 
@@ -64,11 +63,32 @@ def test_final_loss_trains_only_the_last_layer_output(tmp_path, shapes_root):
 def test_bad_finetune_config_is_one_line(tmp_path, shapes_root):
     path = _config(tmp_path, shapes_root, 2)
     raw = json.loads(path.read_text())
-    raw["grad_accum"] = 0
+    raw["stages"][0]["grad_accum"] = 0
     path.write_text(json.dumps(raw))
-    result = CliRunner().invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "grad_accum" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["train", "--recipe", str(path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "(stage 1): grad_accum:" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", ["florence2", "t5gemma2"])
+def test_the_shared_loss_is_the_mean_token_nll_of_each_layers_log_probs(family, shapes_root):
+    """With token weighting the shared loss is what fine-tuning minimised before it was shared with the
+    built-in model: the mean over target tokens of each layer's negative log-likelihood."""
+    import torch.nn.functional as F
+
+    from mue_bench.models.hf import florence2, t5gemma2
+    from mue_bench.training.loop import layer_losses
+
+    make = florence2.random_florence2 if family == "florence2" else t5gemma2.random_t5gemma2
+    adapter = make("tiny", seed=1)
+    batch = adapter.prepare(_samples(shapes_root) * 2)
+    labels = adapter.target_ids(["a red circle", "two blue squares left of a circle"], 8)
+    with torch.no_grad():
+        states = adapter.decoder_states(batch, labels)
+        got = layer_losses(adapter.logprobs, states, labels, adapter.pad_id, "layerwise")
+    want = torch.stack([F.nll_loss(adapter.logprobs(h).transpose(1, 2), labels, ignore_index=adapter.pad_id)
+                        for h in states])
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("family", ["florence2", "t5gemma2"])

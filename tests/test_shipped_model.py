@@ -17,7 +17,7 @@ from mue_bench.run.prepare import load_samples
 from mue_bench.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+RECIPES = ROOT / "recipes"
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +34,64 @@ def test_checkpoint_is_safetensors_only_and_small(name):
     assert config["enc_layers"] == config["dec_layers"] == 6
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("train-mue-tiny*.json")), ids=lambda p: p.name)
-def test_every_training_config_validates_and_its_earlier_stages_exist(config, monkeypatch):
-    from mue_bench.training.tiny import stages
-
-    monkeypatch.chdir(ROOT)  # continue_from is relative to the repository root, where `mue-bench train` runs
-    chain = stages(config.relative_to(ROOT))
-    assert chain[-1] == config.relative_to(ROOT) and all(p.is_file() for p in chain)
+# The settings of the seven stages that trained both shipped checkpoints, as the configs they were trained
+# with at commit 7875577 gave them (configs/train-mue-tiny-stage1.json ... train-mue-tiny.json; the control's
+# differ only in `loss`). Fields every stage shares first, then each stage's own.
+SHIPPED_COMMON = {"data_seed": 0, "seed": 0, "batch_size": 64, "weight_decay": 0.01, "d_model": 128, "n_heads": 4,
+                  "d_ff": 256, "enc_layers": 6, "dec_layers": 6, "encoder_attention": "joint",
+                  "loss_weighting": "sample"}
+SHIPPED_STAGES = [
+    {"data_root": "data/shapes", "data_version": 2, "steps": 1200, "lr": 0.002, "warmup": 100, "threads": 2,
+     "entailment_fraction": 0.5, "embedding_std": 0.02, "stem_channels": 32, "image_positions": "sincos"},
+    {"data_root": "data/shapes", "data_version": 2, "steps": 2400, "lr": 0.001, "warmup": 50, "threads": 2,
+     "entailment_fraction": 0.6},
+    {"data_root": "data/shapes", "data_version": 2, "steps": 2400, "lr": 0.001, "warmup": 50, "threads": 2,
+     "entailment_fraction": 0.75},
+    {"data_root": "data/shapes", "data_version": 2, "steps": 1200, "lr": 0.0005, "warmup": 50, "threads": 2,
+     "entailment_fraction": 0.75, "encoder_exit_fraction": 0.1},
+    {"data_root": "data/shapes-v3", "data_version": 3, "steps": 3000, "lr": 0.0005, "warmup": 50, "threads": 2,
+     "entailment_fraction": 0.75, "encoder_exit_fraction": 0.1},
+    {"data_root": "data/shapes-v3", "data_version": 3, "steps": 1500, "lr": 0.0003, "warmup": 50, "threads": 1,
+     "entailment_fraction": 0.9, "encoder_exit_fraction": 0.1},
+    {"data_root": "data/shapes-v4", "data_version": 4, "steps": 1500, "lr": 0.0003, "warmup": 50, "threads": 1,
+     "entailment_fraction": 0.9, "encoder_exit_fraction": 0.1},
+]
+LOSS = {"mue-tiny": "layerwise", "mue-tiny-finalloss": "final"}
 
 
 @pytest.mark.parametrize("name", ["mue-tiny", "mue-tiny-finalloss"])
-def test_each_checkpoint_records_the_config_that_reproduces_it(name):
+def test_each_recipe_expands_to_the_stages_that_trained_its_checkpoint(name, tmp_path, monkeypatch):
+    from mue_bench.training import expand_recipe
     from mue_bench.training.tiny import TrainConfig
 
-    assert (TrainConfig.from_file(BUILTIN_DIR / name / "train_config.json")
-            == TrainConfig.from_file(CONFIGS / f"train-{name}.json"))
+    monkeypatch.chdir(tmp_path)  # the recipe's paths are its file's, wherever `mue-bench train` runs
+    trainer, stages = expand_recipe(RECIPES / f"{name}.json")
+    assert trainer == "mue-tiny" and len(stages) == len(SHIPPED_STAGES)
+    for i, (got, own) in enumerate(zip(stages, SHIPPED_STAGES), 1):
+        want = TrainConfig(**SHIPPED_COMMON, **own, loss=LOSS[name])
+        assert (tmp_path / got.data_root).resolve() == (ROOT / want.data_root).resolve(), i
+        assert got.model_copy(update={"data_root": want.data_root}) == want, i
+
+
+@pytest.mark.parametrize("name", ["mue-tiny", "mue-tiny-finalloss"])
+def test_each_checkpoint_records_the_last_stage_of_its_recipe(name, monkeypatch):
+    from mue_bench.training import expand_recipe
+    from mue_bench.training.tiny import TrainConfig
+
+    monkeypatch.chdir(ROOT)
+    recorded = json.loads((BUILTIN_DIR / name / "train_config.json").read_text())
+    recorded.pop("continue_from")  # the config file of the stage before, from before recipes listed stages
+    assert expand_recipe(RECIPES / f"{name}.json")[1][-1] == TrainConfig(**recorded)
+
+
+@pytest.mark.parametrize("name", ["finetune-florence2-coco", "finetune-t5gemma2-coco"])
+def test_the_finetuning_recipes_validate_and_name_their_data_from_the_recipe(name, tmp_path, monkeypatch):
+    from mue_bench.training import expand_recipe
+
+    monkeypatch.chdir(tmp_path)
+    trainer, [cfg] = expand_recipe(RECIPES / f"{name}.json")
+    assert trainer == "transformers" and cfg.loss == "layerwise" and cfg.steps == 5000
+    assert (tmp_path / cfg.data.annotations).resolve() == ROOT / "data" / "coco" / "dataset_coco.json"
 
 
 def test_engine_matches_plain_generation_on_real_inputs_in_a_padded_batch(adapter):

@@ -1,30 +1,27 @@
-"""Training the built-in model with MuE's layer-wise task loss.
+"""Training the built-in model: its batches, schedule and encoder exits, around the shared loop.
 
-Why layer-wise: early exit hands an intermediate decoder state to the LM head, so every layer must be
-a usable output. The authors' `MuE_Task_Loss` applies the head (after the final norm) to each decoder
-layer's output and sums the cross-entropies; `loss="final"` trains the usual way, as a control.
-Captioning and entailment are trained together, entailment as a generated label word (as in OFA).
+Captioning and entailment are trained together, entailment as a generated label word (as in OFA). A run is a
+list of stages (a recipe, `mue_bench.training.recipe`): the first builds the tokenizer and the model, each
+later one continues from the weights the one before it left.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
-from mue_bench.errors import SpecError
-from mue_bench.models.tiny.inputs import collate, load_pixels, pad, prompt, target_text
+from mue_bench.models.tiny.inputs import collate, load_pixels, pad, prompt
 from mue_bench.models.tiny.model import TinyConfig, TinyOFA
 from mue_bench.models.tiny.tokenizer import WordTokenizer
+from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
 
 
 class TrainConfig(BaseModel):
@@ -54,12 +51,9 @@ class TrainConfig(BaseModel):
     # "token": cross-entropy averaged over all target tokens (captions dominate: ~10 tokens vs 1 label);
     # "sample": averaged within each sample first, so both tasks weigh what their share of the batch says.
     loss_weighting: Literal["token", "sample"] = "token"
-    # A training config to run first; this one then continues from its weights (a second stage).
-    continue_from: str | None = None
-    # Std of the text/decoder position and modality embeddings at init. None keeps PyTorch's N(0, 1), which
-    # the v1 checkpoint was trained with: rows ~10x the norm of the token embeddings (std 0.02), so the
-    # encoder saw mostly where a word was, not which. 0.02 (as GPT-2 and OFA; the shipped recipe) trains
-    # faster and grounds entailment better (benchmarks/RESULTS.md, stops 12 and 13).
+    # Std of the text/decoder position and modality embeddings at init. None keeps PyTorch's N(0, 1): rows
+    # ~10x the norm of the token embeddings (std 0.02), so the encoder sees mostly where a word is, not which.
+    # 0.02 (as GPT-2 and OFA) trains faster and grounds entailment better (benchmarks/RESULTS.md).
     embedding_std: float | None = None
     # Std of the image patch position embeddings at init. None keeps the model's 0.02: rows ~7x smaller than
     # how much patch contents differ (and ~18x after training), so the encoder barely sees where a patch is.
@@ -79,49 +73,7 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
-        if not path.is_file():
-            raise SpecError(f"training config not found: {path}")
-        try:
-            return cls.model_validate_json(path.read_text())
-        except ValueError as e:
-            raise SpecError(f"{path}: {str(e).splitlines()[0]} ({_first_error(e)})") from None
-
-
-def stages(config: Path) -> list[Path]:
-    """The training configs a run of `config` trains, first stage first: every earlier one it reaches through
-    `continue_from`, then itself. A missing stage or a cycle (which would recurse forever) is a SpecError."""
-    chain = [Path(config)]
-    cfg = TrainConfig.from_file(chain[0])
-    while cfg.continue_from is not None:
-        earlier = Path(cfg.continue_from)
-        if earlier.resolve() in {p.resolve() for p in chain}:
-            raise SpecError(f"{chain[-1]}: continue_from {earlier} leads back to itself (a cycle of stages)")
-        chain.append(earlier)
-        cfg = TrainConfig.from_file(earlier)
-    return chain[::-1]
-
-
-def _first_error(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-    return str(e)
-
-
-def layer_losses(model: TinyOFA, states: list[torch.Tensor], targets: torch.Tensor, pad_id: int,
-                 which: str, weighting: str = "token") -> torch.Tensor:
-    """Cross-entropy of each decoder layer's output through final norm + head; [layers]."""
-    chosen = states if which == "layerwise" else states[-1:]
-    real = (targets != pad_id).float()
-    losses = []
-    for h in chosen:
-        ce = F.cross_entropy(model.logits(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none")
-        if weighting == "sample":
-            losses.append(((ce * real).sum(1) / real.sum(1).clamp(min=1)).mean())
-        else:
-            losses.append((ce * real).sum() / real.sum())
-    return torch.stack(losses)
+        return load_config_file(cls, path)
 
 
 def encoder_exits(rng: np.random.Generator, batch: int, layers: int, fraction: float,
@@ -141,53 +93,54 @@ def training_samples(root: Path, split: str) -> list[Sample]:
             + load_snli_ve(root / f"snli_ve_{split}.jsonl", root / "images", "{id}.png"))
 
 
-def _first_stage(cfg: TrainConfig, init: Path | None, log: Callable[[str], None]) -> tuple[TinyOFA, WordTokenizer]:
-    """The model a second stage starts from: trained here from `continue_from`, or loaded from `init`
-    (a checkpoint that config produced, to skip recomputing it)."""
-    assert cfg.continue_from is not None
+def train_stages(stages: list[TrainConfig], out: Path | None, log: Callable[[str], None] = print,
+                 init: Path | None = None) -> dict:
+    """Train `stages` in order, each from the weights the one before it left; only the last is saved to `out`.
+    With `init` (a checkpoint the stage before the first given one produced) the first continues from it."""
+    start = None
     if init is not None:
-        return TinyOFA.load(init).train(), WordTokenizer.load(init / "tokenizer.json")
-    stages(Path(cfg.continue_from))  # every earlier stage is there and none leads back, before any training
-    first = train(TrainConfig.from_file(Path(cfg.continue_from)), None, log)
-    return first["model"].train(), first["tokenizer"]
+        start = TinyOFA.load(init), WordTokenizer.load(init / "tokenizer.json")
+    for i, cfg in enumerate(stages):
+        result = train(cfg, out if i == len(stages) - 1 else None, log, start)
+        start = result["model"], result["tokenizer"]
+    return result
 
 
-def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print, init: Path | None = None) -> dict:
+def _new_model(cfg: TrainConfig, samples: list[Sample]) -> tuple[TinyOFA, WordTokenizer]:
+    captions = [s for s in samples if s.task == "caption"]
+    texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
+    tok = WordTokenizer.build(texts)
+    model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
+                           enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+                           encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels,
+                           image_positions=cfg.image_positions)
+    torch.manual_seed(cfg.seed)
+    model = TinyOFA(model_cfg)
+    with torch.no_grad():
+        if cfg.embedding_std is not None:
+            for table in (model.text_pos, model.dec_pos, model.modality):
+                table.weight.normal_(0.0, cfg.embedding_std)
+        if cfg.image_pos_std is not None:
+            model.image_pos.normal_(0.0, cfg.image_pos_std)
+    return model, tok
+
+
+def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print,
+          start: tuple[TinyOFA, WordTokenizer] | None = None) -> dict:
+    """One stage: from `start` (a model and its tokenizer), or a new model built from `cfg`'s architecture."""
     torch.set_num_threads(cfg.threads)
     root = shapes.ensure(Path(cfg.data_root), cfg.data_seed, version=cfg.data_version)
     samples = training_samples(root, "train")
     captions = [s for s in samples if s.task == "caption"]
     entail = [s for s in samples if s.task == "entailment"]
-    if cfg.continue_from is not None:
-        model, tok = _first_stage(cfg, init, log)
-        model_cfg = model.cfg
-    else:
-        texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
-        tok = WordTokenizer.build(texts)
-        model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
-                               enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
-                               encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels,
-                               image_positions=cfg.image_positions)
-        torch.manual_seed(cfg.seed)
-        model = TinyOFA(model_cfg)
-        with torch.no_grad():
-            if cfg.embedding_std is not None:
-                for table in (model.text_pos, model.dec_pos, model.modality):
-                    table.weight.normal_(0.0, cfg.embedding_std)
-            if cfg.image_pos_std is not None:
-                model.image_pos.normal_(0.0, cfg.image_pos_std)
+    model, tok = _new_model(cfg, samples) if start is None else start
+    model_cfg = model.cfg
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    exit_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: batches stay those of the plain recipe
+    exit_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: batches stay those without encoder exits
     pixels = {p: load_pixels(p, model_cfg.image_size) for p in {s.image for s in samples}}
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup) * 0.5 * (
-        1 + np.cos(np.pi * min(step, cfg.steps) / cfg.steps)))
-    history = []
-    start = time.perf_counter()
-    model.train()
-    for step in range(cfg.steps):
+    def batch_losses() -> torch.Tensor:
         half = cfg.batch_size - round(cfg.batch_size * cfg.entailment_fraction)
         batch = ([captions[i] for i in rng.integers(len(captions), size=half)]
                  + [entail[i] for i in rng.integers(len(entail), size=cfg.batch_size - half)])
@@ -199,21 +152,13 @@ def train(cfg: TrainConfig, out: Path | None, log: Callable[[str], None] = print
                                          encoder_exits(exit_rng, len(batch), model_cfg.enc_layers,
                                                        cfg.encoder_exit_fraction))
         states = model.decoder_states(dec_in, enc_out, enc_mask)
-        losses = layer_losses(model, states, dec_out, tok.pad_id, cfg.loss, cfg.loss_weighting)
-        loss = losses.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(float(losses[-1].detach()))
-        if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}  loss {float(loss.detach()):.4f}  final-layer {history[-1]:.4f}  "
-                f"{time.perf_counter() - start:.0f}s")
-    wall = time.perf_counter() - start
-    model.eval()
-    summary = {"steps": cfg.steps, "wall_time_s": round(wall, 1),
-               "final_layer_loss_first": history[0], "final_layer_loss_last": float(np.mean(history[-50:]))}
+        return layer_losses(model.logits, states, dec_out, tok.pad_id, cfg.loss, cfg.loss_weighting)
+
+    def cosine(step: int) -> float:
+        return min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + np.cos(np.pi * min(step, cfg.steps) / cfg.steps))
+
+    summary = optimise(model, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cosine,
+                       batch_losses=batch_losses, log=log)
     if out is not None:
         model.save(out, {"name": "mue-tiny", "train_loss": cfg.loss})
         tok.save(out / "tokenizer.json")

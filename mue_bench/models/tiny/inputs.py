@@ -64,10 +64,3 @@ def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
 def collate(pixels: list[torch.Tensor], prompts: list[str], tok: WordTokenizer) -> TinyBatch:
     ids, mask = pad([tok.encode(p) for p in prompts], tok.pad_id)
     return TinyBatch(torch.stack(pixels), ids, mask)
-
-
-def target_text(sample: Sample, rng: np.random.Generator | None = None) -> str:
-    """What the decoder should emit: a reference caption (random one when training) or the label word."""
-    if sample.task == "caption":
-        return sample.references[0] if rng is None else sample.references[rng.integers(len(sample.references))]
-    return sample.label
