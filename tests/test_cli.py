@@ -175,3 +175,13 @@ def test_calibrate_grid_proposes_thresholds_within_the_observed_similarities(tmp
     for key in ("tau_img", "tau_txt", "tau_dec"):
         assert 1 <= len(grid[key]) <= 2 and all(-1 <= t <= 1 for t in grid[key])
         assert grid[key] == sorted(grid[key])
+
+
+def test_every_command_is_a_thin_wrapper_of_at_most_25_lines():
+    import ast
+    import inspect
+
+    for command in app.registered_commands:
+        source = inspect.getsource(command.callback)
+        node = ast.parse(source).body[0]
+        assert node.end_lineno - node.lineno + 1 <= 25, f"{command.callback.__name__}: {node.end_lineno} lines"
