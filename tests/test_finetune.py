@@ -13,6 +13,7 @@ from mue_bench.models.hf.florence2 import Florence2Adapter
 from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch
+from mue_bench.spec import Checkpoint
 
 
 def _config(tmp_path, shapes_root, steps: int, loss: str = "layerwise", family: str = "florence2"):
@@ -40,7 +41,7 @@ def test_layerwise_finetuning_lowers_every_layers_loss_and_reloads(tmp_path, sha
     first, last = summary["loss_per_layer_first"], summary["loss_per_layer_last"]
     assert len(first) == 4 and all(b < a for a, b in zip(first, last))
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
-    adapter = adapter_class.load(out)
+    adapter = adapter_class.load(Checkpoint("folder", str(out)))
     [sample] = run_batch(adapter, adapter.prepare(_samples(shapes_root)), ExitConfig(encoder_mode="freeze"),
                          adapter.decoding(max_len=4)).samples
     assert sample.tokens

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mue_bench.models.tiny.adapter import BUILTIN_DIR, TinyAdapter
+from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.run.prepare import load_samples
-from mue_bench.spec import DataSpec
+from mue_bench.spec import BUILTIN_DIR, DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -149,23 +149,23 @@ def test_the_layerwise_loss_keeps_more_quality_than_its_final_loss_control(adapt
     """The two shipped checkpoints differ only in the training loss. At the demo grids' most aggressive
     thresholds (every stream exits after one layer) the layer-wise one keeps far more quality: 77.8% vs 44.5%
     of full CIDEr-D, 75.1% vs 48.8% of full accuracy on 200 test samples (81.5% vs 46.4% and 73.9% vs 50.0%
-    on the samples here; benchmarks/tradeoff.py, benchmarks/RESULTS.md, stop 18)."""
+    on the samples here; studies/tradeoff.py)."""
     kept = {"layerwise": _kept(adapter, task, n, AGGRESSIVE),
             "final": _kept(TinyAdapter.load("mue-tiny-finalloss"), task, n, AGGRESSIVE)}
     assert kept["layerwise"] > kept["final"] + margin, kept
 
 
 def test_the_caption_trade_off_is_not_flat(adapter):
-    """Issue 2: the most aggressive thresholds lose >= 20% quality. One layer per stream keeps 77.8% of full
-    CIDEr-D on 200 test images, 81.5% on the 60 here (benchmarks/tradeoff.py). With half of stage 4's batches
+    """The most aggressive thresholds lose >= 20% quality. One layer per stream keeps 77.8% of full
+    CIDEr-D on 200 test images, 81.5% on the 60 here (studies/tradeoff.py). With half of stage 4's batches
     exited at random encoder depths (v3) it kept 86.9%; a tenth (`encoder_exit_fraction` 0.1) leaves the
-    first layers cheap and worse, as in the paper's models (benchmarks/RESULTS.md, stop 16)."""
+    first layers cheap and worse, as in the paper's models (studies/NOTEBOOK.md)."""
     assert _kept(adapter, "caption", 60, AGGRESSIVE) < 0.85
 
 
 def test_the_entailment_trade_off_is_not_flat(adapter):
-    """Issue 2 again, for entailment: one layer per stream keeps 75.1% of full accuracy on 200 shapes v4 test
+    """The same for entailment: one layer per stream keeps 75.1% of full accuracy on 200 shapes v4 test
     hypotheses, 73.9% on the 150 here. On version 2 the shipped v4 checkpoint kept 87.6%: its neutral
     hypotheses named a property no image shows, so the wording alone gave a third of the labels away
-    (benchmarks/RESULTS.md, stops 17 and 18)."""
+    (studies/NOTEBOOK.md)."""
     assert _kept(adapter, "entailment", 150, AGGRESSIVE) < 0.8

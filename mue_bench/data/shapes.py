@@ -40,11 +40,11 @@ SPLIT_SIZES = {"train": 6000, "val": 500, "test": 500}
 #    true and false relations are, so only the image tells the three apart. Images and captions are as in 2.
 # 4: as 3, but a true or false relation only names shapes whose centres are at least RELATION_GAP pixels apart:
 #    in 3, 1 in 4 named shapes under 8 px apart (of 48), where even the best checkpoint was near chance
-#    (benchmarks/RESULTS.md, stop 18). Images and captions are as in 2 and 3.
+#    (studies/NOTEBOOK.md, entailment by relation gap). Images and captions are as in 2 and 3.
 VERSIONS = (2, 3, 4)
 RELATION_GAP = 8
 # What a spec or training config gets when it names none: the version the shipped checkpoints were trained and
-# measured on (benchmarks/RESULTS.md, stop 18).
+# measured on (the model cards in mue_bench/checkpoints/).
 DEFAULT_VERSION = 4
 MARKER = "shapes.json"
 

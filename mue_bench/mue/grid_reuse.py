@@ -1,4 +1,4 @@
-"""Evaluating a threshold grid without recomputing what its points share (issue 6's sweep amortisation).
+"""Evaluating a threshold grid without recomputing what its points share.
 
 Two facts make reuse exact (up to float noise at a threshold), both guaranteed by the engine's batch
 invariance (a sample's result does not depend on its batch-mates):

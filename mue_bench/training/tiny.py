@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     loss_weighting: Literal["token", "sample"] = "token"
     # Std of the text/decoder position and modality embeddings at init. None keeps PyTorch's N(0, 1): rows
     # ~10x the norm of the token embeddings (std 0.02), so the encoder sees mostly where a word is, not which.
-    # 0.02 (as GPT-2 and OFA) trains faster and grounds entailment better (benchmarks/RESULTS.md).
+    # 0.02 (as GPT-2 and OFA) trains faster and grounds entailment better (studies/NOTEBOOK.md).
     embedding_std: float | None = None
     # Std of the image patch position embeddings at init. None keeps the model's 0.02: rows ~7x smaller than
     # how much patch contents differ (and ~18x after training), so the encoder barely sees where a patch is.

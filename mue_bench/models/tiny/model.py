@@ -40,7 +40,7 @@ class TinyConfig:
     stem_channels: int = 0
     # "sincos": fixed 2-D sine/cosine features of each patch's (row, column) are added under the learned
     # table. A learned table starts as noise with no notion of left or right and, trained on shapes, stays
-    # ~18x smaller than patch contents (benchmarks/RESULTS.md, stop 14); captions then order shapes at chance.
+    # ~18x smaller than patch contents (studies/NOTEBOOK.md); captions then order shapes at chance.
     image_positions: str = "learned"  # "learned" | "sincos"
     pad_id: int = 0
     bos_id: int = 1
