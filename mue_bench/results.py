@@ -123,6 +123,15 @@ def samples_path_for(results: Path) -> Path:
 
 
 
+def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """The frame's columns in the schema's order; a column the schema lacks is a misspelt or forgotten key
+    and is refused rather than dropped (columns the frame lacks, e.g. savings of a failed point, stay empty)."""
+    unknown = [c for c in df.columns if c not in schema.names]
+    if unknown:
+        raise ValueError(f"columns not in the results schema: {', '.join(map(str, unknown))}")
+    return df.reindex(columns=schema.names)
+
+
 def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a parquet file so that readers see the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -220,3 +220,14 @@ def test_killed_sweep_process_leaves_readable_files_and_resumes(sig, tmp_path, s
     assert set(resumed.reused) == finished
     assert len(resumed.computed) == 5 - len(finished)
     assert len(pd.read_parquet(spec.results_path())) == 5
+
+
+def test_a_row_key_the_results_schema_lacks_is_refused_not_dropped():
+    import pandas as pd
+    import pytest
+
+    from mue_bench.results import POINTS_SCHEMA, conform
+
+    assert list(conform(pd.DataFrame({"quality": [1.0]}), POINTS_SCHEMA).columns) == POINTS_SCHEMA.names
+    with pytest.raises(ValueError, match="quailty"):
+        conform(pd.DataFrame({"quailty": [1.0]}), POINTS_SCHEMA)

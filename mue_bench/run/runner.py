@@ -22,7 +22,7 @@ from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
 from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
-from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore
+from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
 from mue_bench.run.prepare import prepare_inputs
 from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import peak_memory, reset_peak_memory, timed
@@ -192,8 +192,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         points = pd.concat([points, failed_rows(failures, configs)], ignore_index=True)
     for key, value in provenance(spec, device, uuid.uuid4().hex[:12]).items():
         points[key] = value
-    points = points.reindex(columns=POINTS_SCHEMA.names)
-    scored = scored.reindex(columns=SAMPLES_SCHEMA.names)
+    points = conform(points, POINTS_SCHEMA)
+    scored = conform(scored, SAMPLES_SCHEMA)
     store.finish(scored, points, keep_parts=bool(failures))
     outcome.points, outcome.samples = points, scored
     outcome.failed = sorted(set(outcome.failed) | set(failures))
