@@ -3,6 +3,7 @@
 from typer.testing import CliRunner
 
 from mue_bench.cli import app
+from tests.fakes import FakeEngine, FakeTimer, fake_loader
 from tests.test_sweep import write_spec
 
 runner = CliRunner()
@@ -16,13 +17,19 @@ def test_dry_run_lists_the_grid_and_writes_nothing(tmp_path, shapes_root, random
     assert not (tmp_path / "results").exists()
 
 
+def _fake(fail: set[str] = frozenset()) -> dict:
+    """run_sweep's dependencies for a fake model, handed to the command through Click's context object."""
+    engine = FakeEngine(fail=set(fail))
+    return {"load": fake_loader(engine), "timer": FakeTimer(engine)}
+
+
 def test_sweep_prints_a_summary_and_writes_both_files(tmp_path, shapes_root, random_checkpoint):
-    spec = write_spec(tmp_path, shapes_root, random_checkpoint)
-    result = runner.invoke(app, ["sweep", str(spec), "--limit", "2", "--no-meteor"], terminal_width=200)
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint, task="entailment")
+    result = runner.invoke(app, ["sweep", str(spec), "--limit", "2"], terminal_width=200, obj=_fake())
     assert result.exit_code == 0, result.output
     assert "full model" in result.output and "best ≥99% quality" in result.output
     assert (tmp_path / "results" / "t.parquet").is_file() and (tmp_path / "results" / "t.samples.parquet").is_file()
-    again = runner.invoke(app, ["sweep", str(spec), "--limit", "2", "--no-meteor"], terminal_width=200)
+    again = runner.invoke(app, ["sweep", str(spec), "--limit", "2"], terminal_width=200, obj=_fake())
     assert "0 computed, 5 reused" in again.output
 
 
@@ -130,36 +137,25 @@ def json_pick(results, budget):
         "chosen"]["point_id"]
 
 
-def test_continue_on_error_records_the_failure_runs_the_rest_and_exits_1(tmp_path, shapes_root, random_checkpoint,
-                                                                         monkeypatch):
+def test_continue_on_error_records_the_failure_runs_the_rest_and_exits_1(tmp_path, shapes_root, random_checkpoint):
     import pandas as pd
 
-    from mue_bench.run import runner as runner_module
-
-    spec = write_spec(tmp_path, shapes_root, random_checkpoint)
-    real = runner_module.evaluate_point
-
-    def flaky(adapter, batches, cfg, *args, **kwargs):
-        if cfg.tau_img == 0.5 and cfg.tau_dec == 0.3:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real(adapter, batches, cfg, *args, **kwargs)
-
-    monkeypatch.setattr(runner_module, "evaluate_point", flaky)
-    result = runner.invoke(app, ["sweep", str(spec), "--no-meteor", "--continue-on-error"])
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint, task="entailment")
+    failing = "img=0.5-txt=0.9-dec=0.3-split-copy-constant"
+    result = runner.invoke(app, ["sweep", str(spec), "--continue-on-error"], obj=_fake({failing}))
     assert result.exit_code == 1
-    assert "1 point(s) failed: img=0.5-txt=0.9-dec=0.3-split-copy-constant" in result.output
+    assert f"1 point(s) failed: {failing}" in result.output
     points = pd.read_parquet(tmp_path / "results" / "t.parquet").set_index("point_id")
-    failed = points.loc["img=0.5-txt=0.9-dec=0.3-split-copy-constant"]
+    failed = points.loc[failing]
     assert failed.status == "failed" and "CUDA out of memory" in failed.error
     assert (points["status"] == "ok").sum() == 4
 
-    without_flag = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
+    without_flag = runner.invoke(app, ["sweep", str(spec)], obj=_fake({failing}))
     assert without_flag.exit_code == 1  # the failing point is retried, and fails again without the flag
-    assert "grid point img=0.5-txt=0.9-dec=0.3-split-copy-constant failed: RuntimeError" in without_flag.output
+    assert f"grid point {failing} failed: RuntimeError" in without_flag.output
     assert "Traceback" not in without_flag.output
 
-    monkeypatch.setattr(runner_module, "evaluate_point", real)
-    healed = runner.invoke(app, ["sweep", str(spec), "--no-meteor"])
+    healed = runner.invoke(app, ["sweep", str(spec)], obj=_fake())
     assert healed.exit_code == 0 and "1 computed, 4 reused" in healed.output
 
 

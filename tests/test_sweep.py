@@ -16,6 +16,7 @@ import pytest
 from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA
 from mue_bench.run.runner import Progress, SweepOptions, run_sweep
 from mue_bench.spec import load_spec
+from tests.fakes import FakeEngine, FakeTimer, fake_loader
 
 TIMING_COLUMNS = ["latency_s", "wall_s", "wall_full_s", "time_savings", "realization", "latency_p50_s",
                   "latency_p90_s", "run_id", "created_at"]
@@ -101,64 +102,51 @@ def test_entailment_sweep_scores_accuracy(tmp_path, shapes_root, random_checkpoi
     assert points["accuracy"].between(0, 1).all() and points["cider"].isna().all()
 
 
-def test_rerun_reuses_every_finished_point(spec_path):
-    spec = load_spec(spec_path)
-    first = run_sweep(spec, SweepOptions(meteor=False))
-    second = run_sweep(spec, SweepOptions(meteor=False))
-    assert second.computed == [] and sorted(second.reused) == sorted(first.computed)
-    assert len(pd.read_parquet(spec.results_path())) == 5
-    fresh = run_sweep(spec, SweepOptions(fresh=True, meteor=False))
+@pytest.fixture
+def fake_spec(tmp_path, shapes_root, random_checkpoint):
+    """An entailment spec (scored without Java) for the fake engine: 4 samples, batch size 2, 5 points."""
+    return load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "f", "entailment"))
+
+
+def _fake_sweep(spec, engine=None, options=None, progress=None, seconds=lambda n: 1.0):
+    engine = engine or FakeEngine()
+    timer = FakeTimer(engine, seconds)
+    return run_sweep(spec, options or SweepOptions(meteor=False), progress, load=fake_loader(engine), timer=timer)
+
+
+def test_rerun_reuses_every_finished_point(fake_spec):
+    first = _fake_sweep(fake_spec)
+    engine = FakeEngine()
+    second = _fake_sweep(fake_spec, engine)
+    assert second.computed == [] and sorted(second.reused) == sorted(first.computed) and engine.runs == []
+    assert len(pd.read_parquet(fake_spec.results_path())) == 5
+    fresh = _fake_sweep(fake_spec, options=SweepOptions(fresh=True, meteor=False))
     assert sorted(fresh.computed) == sorted(first.computed)
-
-
-def _record_model_runs(monkeypatch) -> list[tuple[str, bool]]:
-    """Every model run of a sweep, in order: (point id of its config, whether it ran inside a timed region)."""
-    from mue_bench.run import runner
-
-    calls: list[tuple[str, bool]] = []
-    timing = {"on": False}
-    real_run, real_timed = runner.run_model, runner.timed
-
-    def run_model(adapter, batch, cfg, decoding):
-        calls.append((cfg.point_id, timing["on"]))
-        return real_run(adapter, batch, cfg, decoding)
-
-    def timed(fn, device):
-        timing["on"] = True
-        try:
-            return real_timed(fn, device)
-        finally:
-            timing["on"] = False
-
-    monkeypatch.setattr(runner, "run_model", run_model)
-    monkeypatch.setattr(runner, "timed", timed)
-    return calls
 
 
 def _with_timing(spec, **timing):
     return spec.model_copy(update={"timing": spec.timing.model_copy(update=timing)})
 
 
-def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_first_timed_point(
-        spec_path, monkeypatch):
-    calls = _record_model_runs(monkeypatch)
-    spec = _with_timing(load_spec(spec_path), warmup=1)
-    out = run_sweep(spec, SweepOptions(meteor=False))
+def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_first_timed_point(fake_spec):
+    engine = FakeEngine()
+    spec = _with_timing(fake_spec, warmup=1)
+    out = _fake_sweep(spec, engine)
+    calls = engine.runs
     first_timed = next(i for i, (_, on) in enumerate(calls) if on)
     full = out.points.loc[out.points["is_full"], "point_id"].item()
     assert calls[:2] == [(full, False), (full, False)]  # 4 samples at batch size 2: both batches, untimed
     assert first_timed == 3  # then the first point's own warm-up batch, then its timed batches
     # a rerun with nothing left to compute does no warm-up
     calls.clear()
-    run_sweep(spec, SweepOptions(meteor=False))
+    _fake_sweep(spec, engine)
     assert calls == []
 
 
-def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times(spec_path, monkeypatch):
-    calls = _record_model_runs(monkeypatch)
-    spec = _with_timing(load_spec(spec_path), repeats=2, reference_repeats=5)
-    out = run_sweep(spec, SweepOptions(meteor=False))
-    timed_points = [pid for pid, on in calls if on]
+def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times(fake_spec):
+    engine = FakeEngine()
+    out = _fake_sweep(_with_timing(fake_spec, repeats=2, reference_repeats=5), engine)
+    timed_points = [pid for pid, on in engine.runs if on]
     batches = 2  # 4 samples at batch size 2
     counts = {pid: timed_points.count(pid) for pid in out.points["point_id"]}
     full = out.points.loc[out.points["is_full"], "point_id"].item()
@@ -166,12 +154,30 @@ def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times
     assert set(counts.values()) == {2 * batches}
 
 
+def test_time_savings_are_the_ratio_of_the_median_batch_times_the_timer_reads(fake_spec):
+    # the full model is timed first, 3 times (reference_repeats) over its 2 batches, at 4 s; every later batch 1 s
+    out = _fake_sweep(fake_spec, seconds=lambda n: 4.0 if n < 6 else 1.0)
+    savings = out.points.set_index("point_id")["time_savings"]
+    assert savings["full-split"] == 0 and savings.drop("full-split").tolist() == pytest.approx([0.75] * 4)
+
+
+def test_a_failing_point_is_recorded_the_rest_go_on_and_a_rerun_retries_it(fake_spec):
+    failing = "img=0.5-txt=0.9-dec=0.3-split-copy-constant"
+    out = _fake_sweep(fake_spec, FakeEngine(fail={failing}), SweepOptions(continue_on_error=True, meteor=False))
+    assert out.failed == [failing] and len(out.computed) == 4
+    failed = out.points.set_index("point_id").loc[failing]
+    assert failed.status == "failed" and "CUDA out of memory" in failed.error
+    assert (fake_spec.results_path().with_suffix(".parts") / f"{failing}.failed.json").is_file()
+    healed = _fake_sweep(fake_spec)
+    assert healed.computed == [failing] and not healed.failed
+
+
 def _comparable(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).sort_values("point_id").reset_index(drop=True)
 
 
 def test_interrupted_sweep_resumes_to_the_same_result(tmp_path, shapes_root, random_checkpoint):
-    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "i"))
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "i", "entailment"))
     done = []
 
     def interrupt_after_two(pid, ok):
@@ -180,17 +186,17 @@ def test_interrupted_sweep_resumes_to_the_same_result(tmp_path, shapes_root, ran
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=interrupt_after_two))
+        _fake_sweep(spec, progress=Progress(point_done=interrupt_after_two))
     parts = sorted(p.stem for p in spec.results_path().with_suffix(".parts").glob("*.parquet"))
     assert parts == sorted(done)
     for part in spec.results_path().with_suffix(".parts").glob("*.parquet"):
         pq.read_table(part)  # readable
-    resumed = run_sweep(spec, SweepOptions(meteor=False))
+    resumed = _fake_sweep(spec)
     assert sorted(resumed.reused) == sorted(done) and len(resumed.computed) == 3
 
     (tmp_path / "u").mkdir()
-    other = load_spec(write_spec(tmp_path / "u", shapes_root, random_checkpoint, "i"))
-    uninterrupted = run_sweep(other, SweepOptions(meteor=False))
+    other = load_spec(write_spec(tmp_path / "u", shapes_root, random_checkpoint, "i", "entailment"))
+    uninterrupted = _fake_sweep(other)
     a = _comparable(pd.read_parquet(spec.results_path()))
     b = _comparable(pd.read_parquet(other.results_path()))
     assert len(uninterrupted.computed) == 5

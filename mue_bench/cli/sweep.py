@@ -11,7 +11,7 @@ from mue_bench.cli.options import DEFAULT_SPEC, DeviceOpt, LimitOpt, SpecArg, ha
 
 
 def sweep(
-    spec: SpecArg = DEFAULT_SPEC, limit: LimitOpt = None, device: DeviceOpt = None,
+    ctx: typer.Context, spec: SpecArg = DEFAULT_SPEC, limit: LimitOpt = None, device: DeviceOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and its size, run nothing.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results of this spec.")] = False,
     continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Record a failing point and go on.")]
@@ -19,6 +19,7 @@ def sweep(
     meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
 ) -> None:
     """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
+    # ctx.obj may carry run_sweep's `load` and `timer` (tests hand in a fake model; users never set it)
     from mue_bench.run.runner import SweepOptions, run_sweep
     from mue_bench.spec import load_spec
 
@@ -27,7 +28,8 @@ def sweep(
         if dry_run:
             return render.grid_listing(s)
         with render.progress() as hooks:
-            outcome = run_sweep(s, SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor), hooks)
+            options = SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor)
+            outcome = run_sweep(s, options, hooks, **(ctx.obj or {}))
     render.sweep_summary(outcome, s)
     if outcome.failed:
         raise typer.Exit(1)

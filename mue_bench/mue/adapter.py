@@ -14,6 +14,7 @@ import torch
 
 from mue_bench.mue.cache import KV, KVCache
 from mue_bench.mue.cost import LayerDims
+from mue_bench.mue.search import DecodingConfig
 
 
 @dataclass
@@ -30,13 +31,43 @@ class Streams:
 
 
 class ExitAdapter(Protocol):
+    """The whole contract. Adapters subclass it, so the optional members below have their defaults; the engine
+    reaches every member directly, never by probing for it."""
+
     n_enc_layers: int
     n_dec_layers: int
     bos_id: int
     eos_id: int
     pad_id: int
     dims: LayerDims
+    # The encoder mode the model was trained for ("freeze" for a joint encoder, "split" for separate streams);
+    # None where the family has no such notion. Sweeps warn when a grid uses the other one.
+    native_encoder_mode: str | None = None
+    # Batch compaction (a layer runs only on the rows still active, so exited rows cost nothing). True promises
+    # that `encoder_layer` works on any subset of rows given with their masks, and that `decoder_layer_rows`
+    # is implemented.
+    row_subsets: bool = False
 
+    # --- inputs and outputs (the runner's side) ------------------------------------------------------
+    def prepare(self, samples: list) -> Any:
+        """Pre-processed model inputs of these samples, as one padded batch with a `.to(device)`."""
+        ...
+
+    def text(self, ids: list[int]) -> str:
+        """Generated ids as text (special tokens dropped)."""
+        ...
+
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
+                 ) -> DecodingConfig:
+        """The search settings with this model's special tokens."""
+        ...
+
+    def input_flops(self, batch: Any) -> float:
+        """FLOPs per sample of work no exit can skip (e.g. a vision tower), counted in every point's FLOPs so
+        that flop_savings promises only what skipping layers can deliver."""
+        return 0.0
+
+    # --- layers (the engine's side) ------------------------------------------------------------------
     def embed_streams(self, batch: Any) -> Streams: ...
 
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
@@ -45,6 +76,13 @@ class ExitAdapter(Protocol):
         ([B, len, D]); all N positions still serve as keys/values (`freeze` mode skips a saturated modality).
         `stream` says what h holds: "joint" ([image; text]), "image" or "text" (`split` mode), for models
         whose positions are relative to the joint prompt (T5Gemma 2's RoPE)."""
+        ...
+
+    def encoder_layer_rows(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, rows: torch.Tensor,
+                           queries: slice | None = None, stream: str = "joint") -> torch.Tensor:
+        """`encoder_layer` on the batch rows `rows` only (h holds just those rows). The default suits models
+        with no per-batch encoder state; T5Gemma 2 overrides it to pick its rows' positions."""
+        return self.encoder_layer(layer, h, key_mask, queries, stream=stream)
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor: ...
 
@@ -52,30 +90,29 @@ class ExitAdapter(Protocol):
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """[R] token ids at generation step `step` -> [R, D]."""
+        ...
 
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: KVCache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
         """Run decoder layer `layer` on [R, D] states; appends this step's K/V to the cache."""
+        ...
+
+    def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: KVCache,
+                           enc_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder layer `layer` on the states `h` of batch rows `rows` only -> [len(rows), D]; appends a slot
+        for every row of the cache, with this step's K/V for `rows` (the engine fills the others' slots).
+        Required with `row_subsets`."""
+        raise NotImplementedError(f"{type(self).__name__} sets row_subsets but has no decoder_layer_rows")
 
     def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
         """Layer `layer`'s own self-attention K/V for states [R, D] (CALM's state propagation)."""
+        ...
 
     def logprobs(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head + log-softmax on [R, D] -> [R, V]."""
+        ...
 
 
 def compacts(adapter: ExitAdapter) -> bool:
-    """Whether the engine may run a layer on a subset of a batch's rows (batch compaction: rows that exited
-    cost nothing). An adapter opts in with `row_subsets = True`, promising that `encoder_layer` works on any
-    subset of rows given with their masks and providing `decoder_layer_rows`:
-
-        decoder_layer_rows(layer, h, rows, cache, enc_mask) -> [len(rows), D]
-            Decoder layer `layer` on the states `h` of batch rows `rows` only; appends a slot for every row of
-            the cache, with this step's K/V for `rows` (the engine fills the others' slots).
-
-    An adapter that holds per-batch state for the encoder (T5Gemma 2's positions) also provides
-    `encoder_layer_rows(layer, h, key_mask, rows, queries, stream)`, told which batch rows h holds;
-    otherwise `encoder_layer` is called on the subset as it is.
-    """
-    return bool(getattr(adapter, "row_subsets", False))
-
+    """Whether the engine may run a layer on a subset of a batch's rows (see `ExitAdapter.row_subsets`)."""
+    return adapter.row_subsets

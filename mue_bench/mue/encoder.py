@@ -58,9 +58,7 @@ def _layer_on(adapter: ExitAdapter, layer: int, h: torch.Tensor, key_mask: torch
     if rows is None:
         return adapter.encoder_layer(layer, h, key_mask, queries, stream=stream)
     out = (h if queries is None else h[:, queries]).clone()
-    by_rows = getattr(adapter, "encoder_layer_rows", None)
-    out[rows] = (adapter.encoder_layer(layer, h[rows], key_mask[rows], queries, stream=stream) if by_rows is None
-                 else by_rows(layer, h[rows], key_mask[rows], rows, queries, stream=stream))
+    out[rows] = adapter.encoder_layer_rows(layer, h[rows], key_mask[rows], rows, queries, stream=stream)
     return out
 
 

@@ -101,18 +101,11 @@ def sample_exits(adapter: ExitAdapter, cfg: ExitConfig, enc: EncoderResult, b: i
     )
 
 
-def fixed_flops(adapter: ExitAdapter, batch: Any) -> float:
-    """Work no exit can skip (e.g. Florence-2's vision tower) counts in every point's FLOPs, so that
-    flop_savings promises only what skipping layers can deliver."""
-    input_flops = getattr(adapter, "input_flops", None)
-    return input_flops(batch) if input_flops else 0.0
-
-
 def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult:
     """Per-sample exits, traces and analytic FLOPs from a finished batch."""
     n_img = raw.streams.image.shape[1]
     n_txt = raw.streams.text_mask.sum(1).tolist()
-    fixed = fixed_flops(adapter, raw.batch)
+    fixed = adapter.input_flops(raw.batch)
     decoded = decoded_rows(raw.stepper, raw.tokens)
     return BatchResult([sample_exits(adapter, cfg, raw.encoder, b, n_img, int(n_txt[b]), dec, fixed)
                         for b, dec in enumerate(decoded)])
@@ -120,3 +113,38 @@ def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult
 
 def run_batch(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> BatchResult:
     return collect(adapter, run_model(adapter, batch, cfg, decoding), cfg)
+
+
+class Engine:
+    """A model family's adapter with fixed decoding settings: what a sweep runs, one batch and one exit setting
+    at a time. `run` is the model work (what timing measures); `collect` the host-side bookkeeping after it.
+    The runner depends on this interface only, so tests can hand it a fake that exits where it is told."""
+
+    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig):
+        self.adapter, self.decoding = adapter, decoding
+
+    @property
+    def native_encoder_mode(self) -> str | None:
+        """The encoder mode the model was trained for, where the family has one."""
+        return self.adapter.native_encoder_mode
+
+    def prepare(self, samples: list) -> Any:
+        return self.adapter.prepare(samples)
+
+    def text(self, tokens: list[int]) -> str:
+        return self.adapter.text(tokens)
+
+    def run(self, batch: Any, cfg: ExitConfig) -> RawBatch:
+        return run_model(self.adapter, batch, cfg, self.decoding)
+
+    def collect(self, raw: RawBatch, cfg: ExitConfig) -> BatchResult:
+        return collect(self.adapter, raw, cfg)
+
+    def run_batch(self, batch: Any, cfg: ExitConfig) -> BatchResult:
+        return self.collect(self.run(batch, cfg), cfg)
+
+    def grid_reuse(self):
+        """Shared evaluation of the untimed batches of a grid (grid_reuse.py)."""
+        from mue_bench.mue.grid_reuse import GridReuse  # grid_reuse builds on this module
+
+        return GridReuse(self.adapter, self.decoding)

@@ -23,7 +23,7 @@ import torch
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.encoder import EncoderResult
-from mue_bench.mue.engine import BatchResult, Decoded, decode, decoded_rows, encode, fixed_flops, sample_exits
+from mue_bench.mue.engine import BatchResult, Decoded, decode, decoded_rows, encode, sample_exits
 from mue_bench.mue.search import DecodingConfig
 
 
@@ -70,6 +70,6 @@ class GridReuse:
                 self._decoded[keys[b]] = dec
                 self._executions += sum(dec.layers)
         n_img, n_txt = streams.image.shape[1], streams.text_mask.sum(1).tolist()
-        fixed = fixed_flops(self.adapter, batch)
+        fixed = self.adapter.input_flops(batch)
         return BatchResult([sample_exits(self.adapter, cfg, enc, b, n_img, int(n_txt[b]), self._decoded[k], fixed)
                             for b, k in enumerate(keys)])

@@ -15,7 +15,6 @@ import torch
 
 from mue_bench.models.registry import resolve_device
 from mue_bench.mue import ExitConfig
-from mue_bench.mue.engine import run_batch
 from mue_bench.run.prepare import prepare_inputs
 from mue_bench.spec import SweepSpec
 
@@ -42,13 +41,12 @@ def propose_grid(spec: SweepSpec, n_samples: int = 20, percentiles: list[float] 
     percentiles = percentiles or [50.0, 75.0, 90.0]
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"limit": n_samples})})
     device = resolve_device(spec.run.device)
-    adapter, samples, batches = prepare_inputs(spec, device)
-    decoding = adapter.decoding(**spec.decoding.model_dump())
+    engine, samples, batches = prepare_inputs(spec, device)
     cfg = ExitConfig(encoder_mode=spec.grid.encoder_mode[0])
     img, txt, dec = [], [], []
     with torch.no_grad():
         for batch in batches:
-            for s in run_batch(adapter, batch, cfg, decoding).samples:
+            for s in engine.run_batch(batch, cfg).samples:
                 img += s.enc_img_sims
                 txt += s.enc_txt_sims
                 dec += [x for step in s.dec_sims for x in step]

@@ -4,7 +4,9 @@ Sweeps and grid calibration share it, so both see exactly the same batches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,6 +14,7 @@ from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, check_images, load_jsonl, load_karpathy, load_snli_ve
 from mue_bench.errors import SpecError
 from mue_bench.models.registry import load_adapter
+from mue_bench.mue.engine import Engine
 from mue_bench.spec import DataSpec, SweepSpec
 
 
@@ -35,17 +38,22 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
     return samples
 
 
-def _batches(items: list, size: int) -> list[list]:
+def batched(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 
-def prepare_inputs(spec: SweepSpec, device: torch.device):
-    """Model, samples and pre-processed batches on the device: everything before timing starts."""
+# What a sweep needs before timing starts: an engine, the samples, and their batches ready on the device.
+Loader = Callable[[SweepSpec, torch.device], tuple[Engine, list[Sample], list[Any]]]
+
+
+def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[Sample], list[Any]]:
+    """The spec's model as an engine, its samples, and their pre-processed batches on the device."""
     samples = load_samples(spec.data)
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype)
-    batches = [adapter.prepare(chunk).to(device) for chunk in _batches(samples, spec.run.batch_size)]
-    return adapter, samples, batches
+    engine = Engine(adapter, adapter.decoding(**spec.decoding.model_dump()))
+    batches = [engine.prepare(chunk).to(device) for chunk in batched(samples, spec.run.batch_size)]
+    return engine, samples, batches
 
 

@@ -20,12 +20,12 @@ import torch
 from mue_bench.errors import MueBenchError
 from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
-from mue_bench.mue.engine import collect, run_model
+from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
 from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
-from mue_bench.run.prepare import prepare_inputs
+from mue_bench.run.prepare import Loader, prepare_inputs
 from mue_bench.run.provenance import provenance
-from mue_bench.run.timing import peak_memory, reset_peak_memory, timed
+from mue_bench.run.timing import DeviceTimer, Timer
 from mue_bench.scoring.score import score
 from mue_bench.scoring.summarise import failed_rows, summarise
 from mue_bench.spec import SweepSpec
@@ -61,30 +61,29 @@ class SweepOutcome:
     layer_executions: int = 0  # of the points computed in this run (warm-up and repeats included)
 
 
-def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, device: torch.device,
+def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSpec, timer: Timer,
                    on_batch: Callable[[], None] = lambda: None, reuse: GridReuse | None = None,
                    ) -> tuple[pd.DataFrame, int]:
     """Per-sample raw rows of one grid point and the layer executions it took. The timed batches (all, or
     the first `timing.batches` when `reuse` is given) run in full: outputs of the first pass, median batch
     times. The rest come from `reuse`, with no latency."""
-    decoding = adapter.decoding(**spec.decoding.model_dump())
     n_timed = len(batches) if reuse is None else _n_timed(spec, batches)
     executions = 0
     for _ in range(spec.timing.warmup):
         for batch in batches[:1]:
-            executions += _executions(collect(adapter, run_model(adapter, batch, cfg, decoding), cfg))
-    reset_peak_memory(device)
+            executions += _executions(engine.run_batch(batch, cfg))
+    timer.reset_peak_memory()
     times: list[list[float]] = [[] for _ in batches[:n_timed]]
     results = []
     for rep in range(_repeats(spec, cfg)):
         for i, batch in enumerate(batches[:n_timed]):
-            raw, secs = timed(lambda b=batch: run_model(adapter, b, cfg, decoding), device)
+            raw, secs = timer.time(lambda b=batch: engine.run(b, cfg))
             times[i].append(secs)
             if rep == 0:
-                results.append(collect(adapter, raw, cfg))
+                results.append(engine.collect(raw, cfg))
                 on_batch()
             executions += _executions(results[i])
-    mem = peak_memory(device)
+    mem = timer.peak_memory()
     first = n_timed * spec.run.batch_size
     for i, batch in enumerate(batches[n_timed:], start=n_timed):
         assert reuse is not None
@@ -99,7 +98,7 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
         for s in res.samples:
             rows.append({
                 "point_id": pid, "sample_index": index, "sample_id": None, "batch_index": b,
-                "prediction": adapter.text(s.tokens), "tokens": s.tokens,
+                "prediction": engine.text(s.tokens), "tokens": s.tokens,
                 "enc_img_layers": s.enc_img_layers, "enc_txt_layers": s.enc_txt_layers,
                 "dec_layers": s.dec_layers, "layers_used": s.layers_used, "flops": s.flops,
                 "latency_s": share, "peak_mem_bytes": mem if index < first else None,
@@ -109,15 +108,13 @@ def evaluate_point(adapter, batches: list, cfg: ExitConfig, spec: SweepSpec, dev
     return pd.DataFrame(rows), executions
 
 
-def warm_up(adapter, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
+def warm_up(engine: Engine, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
     """One untimed full-model pass over every batch that will be timed, before the first timed point: the
     first run of each input shape is slow (allocator growth, kernel selection), and without this pass the
     point timed first, the full model, pays for it and every time saving is inflated. Returns the layer
     executions it took."""
-    decoding = adapter.decoding(**spec.decoding.model_dump())
     cfg = ExitConfig(encoder_mode=encoder_mode)
-    return sum(_executions(collect(adapter, run_model(adapter, b, cfg, decoding), cfg))
-               for b in batches[:_n_timed(spec, batches)])
+    return sum(_executions(engine.run_batch(b, cfg)) for b in batches[:_n_timed(spec, batches)])
 
 
 def _n_timed(spec: SweepSpec, batches: list) -> int:
@@ -133,10 +130,14 @@ def _executions(result) -> int:
     return sum(s.layers_used for s in result.samples)
 
 
-def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Progress | None = None,
-              ) -> SweepOutcome:
+def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Progress | None = None, *,
+              load: Loader | None = None, timer: Timer | None = None) -> SweepOutcome:
+    """Every point of the spec's grid, resuming from what its results folder already holds. `load` gives the
+    engine, samples and batches (default: the spec's model and data; a test passes a fake); `timer` times the
+    model work (default: the device's own clock)."""
     options, progress = options or SweepOptions(), progress or Progress()
     device = resolve_device(spec.run.device)
+    timer = timer or DeviceTimer(device)
     torch.manual_seed(spec.run.seed)
     configs = {c.point_id: c for c in spec.points()}
     store = SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh)
@@ -146,8 +147,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     for c in configs.values():
         first_seen.setdefault(encoder_setting(c), len(first_seen))
     todo = sorted((pid for pid in configs if pid not in done), key=lambda p: first_seen[encoder_setting(configs[p])])
-    adapter, samples, batches = prepare_inputs(spec, device)
-    native = getattr(adapter, "native_encoder_mode", None)
+    engine, samples, batches = (load or prepare_inputs)(spec, device)
+    native = engine.native_encoder_mode
     if native and any(c.encoder_mode != native for c in configs.values()):
         progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
                       f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
@@ -157,14 +158,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
 
     outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
     progress.start_points(len(configs), len(done))
-    reuse = GridReuse(adapter, adapter.decoding(**spec.decoding.model_dump())) if spec.timing.batches else None
+    reuse = engine.grid_reuse() if spec.timing.batches else None
     if todo and spec.timing.warmup:
         progress.warming_up()
-        outcome.layer_executions += warm_up(adapter, batches, configs[todo[0]].encoder_mode, spec)
+        outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
     for pid in todo:
         progress.start_point(pid, len(batches))
         try:
-            rows, executions = evaluate_point(adapter, batches, configs[pid], spec, device, progress.batch_done,
+            rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
                                               reuse)
             outcome.layer_executions += executions
         except (KeyboardInterrupt, MueBenchError):

@@ -1,14 +1,15 @@
 """Timing model work only, without stalling the GPU (DESIGN.md §3).
 
 On CUDA a pair of events brackets the region and the host waits only when the time is read; on CPU
-`perf_counter` is exact because the work is synchronous.
+`perf_counter` is exact because the work is synchronous. The runner takes a timer as a parameter, so
+tests can script the times it reads.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -29,10 +30,26 @@ def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     return out, time.perf_counter() - t0
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class Timer(Protocol):
+    def time(self, fn: Callable[[], T]) -> tuple[T, float]: ...
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory(self) -> int | None: ...
 
 
-def peak_memory(device: torch.device) -> int | None:
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+class DeviceTimer:
+    """Times work on one device, and reads its peak memory (CUDA only)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def time(self, fn: Callable[[], T]) -> tuple[T, float]:
+        return timed(fn, self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mue_bench.errors import MueBenchError
+from mue_bench.models.hf.base import HFAdapterBase
 from mue_bench.spec import DataSpec, ModelSpec
 from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
 
@@ -61,7 +62,7 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
     samples = load_samples(cfg.data)
     check_images(samples)
     adapter = load_adapter(cfg.model, device, "float32")
-    if not hasattr(adapter, "decoder_states"):
+    if not isinstance(adapter, HFAdapterBase):
         raise MueBenchError(f"model.family {cfg.model.family!r} is trained with a recipe whose trainer is "
                             "\"mue-tiny\" (recipes/mue-tiny.json)")
     use_amp = device.type == "cuda" and cfg.precision != "float32"

@@ -21,6 +21,7 @@ import torch
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
+from mue_bench.mue.adapter import ExitAdapter
 from mue_bench.mue.cost import counted_flops
 from mue_bench.mue.search import DecodingConfig
 from mue_bench.spec import Checkpoint
@@ -87,7 +88,7 @@ def eos_ids(value: int | list[int] | None, fallback: int | list[int]) -> tuple[i
     return (v,) if isinstance(v, int) else tuple(v)
 
 
-class HFAdapterBase:
+class HFAdapterBase(ExitAdapter):
     """Loading, inputs, decoding settings and the reference `generate()`; subclasses drive the layers."""
 
     family: str

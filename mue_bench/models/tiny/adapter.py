@@ -11,14 +11,14 @@ from mue_bench.errors import SpecError
 from mue_bench.models.tiny.inputs import TinyBatch, collate, load_pixels, prompt
 from mue_bench.models.tiny.model import TinyOFA
 from mue_bench.models.tiny.tokenizer import WordTokenizer
-from mue_bench.mue.adapter import Streams
+from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
 from mue_bench.mue.search import DecodingConfig
 from mue_bench.spec import parse_checkpoint
 
 
-class TinyAdapter:
+class TinyAdapter(ExitAdapter):
     family = "mue-tiny"
     row_subsets = True  # every layer is a pure function of its rows: the engine compacts batches
 
