@@ -34,6 +34,12 @@ SAMPLE_FIELDS = [
     ("layers_used", pa.int64()),
     ("flops", pa.float64()),
     ("latency_s", pa.float64()),  # share of its batch's median time (batch time at batch 1); NaN if untimed
+    # Paired timing of the sample's batch (the same lists on every row of a batch): each repeat ran the point
+    # and its full model back to back on this batch, in alternating order. Empty for a full-model point.
+    ("pair_s", pa.list_(pa.float64())),  # the point's seconds, per pair
+    ("pair_ref_s", pa.list_(pa.float64())),  # the full model's seconds, per pair
+    ("pair_ref_first", pa.list_(pa.bool_())),  # whether the full model ran first in that pair
+    ("pair_at", pa.list_(pa.float64())),  # when the pair was measured (Unix time), for the drift alarm
     ("peak_mem_bytes", pa.int64()),
     ("enc_img_sims", pa.list_(pa.float32())),
     ("enc_txt_sims", pa.list_(pa.float32())),
@@ -76,8 +82,14 @@ POINTS_SCHEMA = pa.schema([
     ("flop_savings", pa.float64()),
     ("wall_s", pa.float64()),
     ("wall_full_s", pa.float64()),
-    ("time_savings", pa.float64()),
+    ("time_savings", pa.float64()),  # 1 - median over pairs of (point time / full-model time)
+    ("time_savings_lo", pa.float64()),  # 95% bootstrap interval over pairs
+    ("time_savings_hi", pa.float64()),
+    ("n_pairs", pa.int64()),
     ("realization", pa.float64()),
+    ("realization_lo", pa.float64()),
+    ("realization_hi", pa.float64()),
+    ("timing_warning", pa.string()),  # why the time columns are not to be trusted (drift, noise); null if fine
     ("latency_p50_s", pa.float64()),
     ("latency_p90_s", pa.float64()),
     ("peak_mem_bytes", pa.int64()),
@@ -165,6 +177,14 @@ def read_table(path: Path) -> pd.DataFrame:
         raise MueBenchError(f"{path}: not a readable parquet file ({e})") from None
 
 
+def _raw_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = [c for c in RAW_SAMPLES_SCHEMA.names if c not in df]
+    if missing:
+        raise SpecError(f"{path}: written by another mue-bench version (no {', '.join(missing)} columns); "
+                        "rerun with --fresh")
+    return df[RAW_SAMPLES_SCHEMA.names]
+
+
 class SweepStore:
     """The files of one sweep: finished points (parts or final file), failures, and the final write."""
 
@@ -197,11 +217,11 @@ class SweepStore:
         """Per-sample raw rows of every finished point, by point id."""
         done: dict[str, pd.DataFrame] = {}
         if self.samples.is_file():
-            df = read_table(self.samples)[RAW_SAMPLES_SCHEMA.names]
+            df = _raw_columns(read_table(self.samples), self.samples)
             done.update({pid: g.reset_index(drop=True) for pid, g in df.groupby("point_id", sort=False)})
         if self.parts.is_dir():
             for part in sorted(self.parts.glob("*.parquet")):
-                done[part.stem] = read_table(part)
+                done[part.stem] = _raw_columns(read_table(part), part)
         return done
 
     def save_point(self, point: str, rows: pd.DataFrame) -> None:

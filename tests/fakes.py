@@ -70,10 +70,10 @@ class FakeReuse:
 
 @dataclass
 class FakeTimer:
-    """Times nothing: each timed call lasts what `seconds` says for the n-th call (default 1 s)."""
+    """Times nothing: the n-th timed call, a run of point `pid`, lasts `seconds(pid, n)` (default 1 s)."""
 
     engine: FakeEngine
-    seconds: Callable[[int], float] = lambda n: 1.0
+    seconds: Callable[[str, int], float] = lambda pid, n: 1.0
     calls: int = 0
 
     def time(self, fn):
@@ -83,7 +83,7 @@ class FakeTimer:
         finally:
             self.engine.timing = False
         self.calls += 1
-        return out, self.seconds(self.calls - 1)
+        return out, self.seconds(self.engine.runs[-1][0], self.calls - 1)
 
     def reset_peak_memory(self) -> None:
         pass

@@ -19,7 +19,8 @@ from mue_bench.spec import load_spec
 from tests.fakes import FakeEngine, FakeTimer, fake_loader
 
 TIMING_COLUMNS = ["latency_s", "wall_s", "wall_full_s", "time_savings", "realization", "latency_p50_s",
-                  "latency_p90_s", "run_id", "created_at"]
+                  "latency_p90_s", "run_id", "created_at", "pair_s", "pair_ref_s", "pair_ref_first", "pair_at",
+                  "time_savings_lo", "time_savings_hi", "n_pairs", "realization_lo", "realization_hi", "timing_warning"]
 
 
 def write_spec(tmp_path: Path, shapes_root: Path, checkpoint: Path, name: str = "t", task: str = "caption") -> Path:
@@ -88,7 +89,18 @@ def test_every_metric_can_be_recomputed_from_the_samples_file(spec_path):
             u for d in full["dec_layers"] for u in d)
         assert p.layer_savings == pytest.approx(1 - used / full_used)
         assert p.flop_savings == pytest.approx(1 - rows["flops"].sum() / full["flops"].sum())
-        assert p.time_savings == pytest.approx(1 - rows["latency_s"].sum() / full["latency_s"].sum())
+        batches = rows.drop_duplicates("batch_index")  # each row of a batch carries its batch's pairs
+        point_s = np.concatenate(batches["pair_s"].tolist())
+        ref_s = np.concatenate(batches["pair_ref_s"].tolist())
+        if p.is_full:
+            assert len(point_s) == 0 and p.time_savings == 0
+        else:
+            assert p.n_pairs == len(point_s) == len(batches)
+            assert p.time_savings == pytest.approx(1 - np.median(point_s / ref_s))
+            assert p.time_savings_lo <= p.time_savings <= p.time_savings_hi
+            assert p.realization == pytest.approx(p.time_savings / p.flop_savings)
+            assert p.wall_full_s == pytest.approx(np.mean([np.median(r) for r in rows["pair_ref_s"]]) * len(rows)
+                                                  / 2)  # batches of 2: each sample's share is half its batch's
         assert p.quality == pytest.approx(rows["cider"].mean())
         assert p.quality_rel == pytest.approx(rows["cider"].mean() / full["cider"].mean())
         assert p.consistency == pytest.approx(rows["consistency"].mean())
@@ -108,7 +120,7 @@ def fake_spec(tmp_path, shapes_root, random_checkpoint):
     return load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "f", "entailment"))
 
 
-def _fake_sweep(spec, engine=None, options=None, progress=None, seconds=lambda n: 1.0):
+def _fake_sweep(spec, engine=None, options=None, progress=None, seconds=lambda pid, n: 1.0):
     engine = engine or FakeEngine()
     timer = FakeTimer(engine, seconds)
     return run_sweep(spec, options or SweepOptions(meteor=False), progress, load=fake_loader(engine), timer=timer)
@@ -143,22 +155,48 @@ def test_every_timed_batch_runs_once_untimed_through_the_full_model_before_the_f
     assert calls == []
 
 
-def test_the_full_model_every_saving_divides_by_is_timed_reference_repeats_times(fake_spec):
+def test_the_full_model_is_timed_reference_repeats_times_and_once_beside_every_timed_point_run(fake_spec):
     engine = FakeEngine()
     out = _fake_sweep(_with_timing(fake_spec, repeats=2, reference_repeats=5), engine)
     timed_points = [pid for pid, on in engine.runs if on]
     batches = 2  # 4 samples at batch size 2
     counts = {pid: timed_points.count(pid) for pid in out.points["point_id"]}
     full = out.points.loc[out.points["is_full"], "point_id"].item()
-    assert counts.pop(full) == 5 * batches
-    assert set(counts.values()) == {2 * batches}
+    assert set(counts.values()) - {counts[full]} == {2 * batches}
+    assert counts.pop(full) == 5 * batches + sum(counts.values())  # its own row, then one run per pair
 
 
-def test_time_savings_are_the_ratio_of_the_median_batch_times_the_timer_reads(fake_spec):
-    # the full model is timed first, 3 times (reference_repeats) over its 2 batches, at 4 s; every later batch 1 s
-    out = _fake_sweep(fake_spec, seconds=lambda n: 4.0 if n < 6 else 1.0)
+def test_each_pair_runs_the_point_and_its_full_model_back_to_back_in_alternating_order(fake_spec):
+    engine = FakeEngine()
+    out = _fake_sweep(_with_timing(fake_spec, repeats=3), engine)
+    full = "full-split"
+    timed = [pid for pid, on in engine.runs if on]
+    own = 3 * 2  # the full model's own row first: reference_repeats x 2 batches
+    assert timed[:own] == [full] * own
+    pairs = [timed[i:i + 2] for i in range(own, len(timed), 2)]
+    assert all(full in p and len(set(p)) == 2 for p in pairs)
+    assert [p[0] == full for p in pairs] == [i % 2 == 0 for i in range(len(pairs))]
+    samples = out.samples.drop_duplicates(["point_id", "batch_index"])
+    orders = [o for v in samples[samples["point_id"] != full]["pair_ref_first"] for o in v]
+    assert orders.count(True) == orders.count(False)
+
+
+def test_time_savings_are_one_minus_the_median_ratio_of_the_pairs_the_timer_reads(fake_spec):
+    out = _fake_sweep(fake_spec, seconds=lambda pid, n: 4.0 if pid == "full-split" else 1.0)
     savings = out.points.set_index("point_id")["time_savings"]
     assert savings["full-split"] == 0 and savings.drop("full-split").tolist() == pytest.approx([0.75] * 4)
+    assert out.points["timing_warning"].isna().all()
+
+
+def test_under_a_slowing_machine_paired_savings_hold_and_the_drift_alarm_says_so(fake_spec):
+    # every run takes 10% longer than the one before: by the end the machine is several times slower
+    out = _fake_sweep(_with_timing(fake_spec, repeats=3),
+                      seconds=lambda pid, n: (4.0 if pid == "full-split" else 1.0) * 1.1 ** n)
+    points = out.points.set_index("point_id").drop("full-split")
+    assert points["time_savings_lo"].min() > 0.6 and points["time_savings_hi"].max() < 0.9
+    unpaired = 1 - points["wall_s"] / out.points.set_index("point_id").loc["full-split", "wall_s"]
+    assert (unpaired < 0.5).all() and (unpaired < 0).sum() >= 2  # against the full model timed at the start
+    assert out.points["timing_warning"].str.contains("slower at the end of the sweep").all()
 
 
 def test_a_failing_point_is_recorded_the_rest_go_on_and_a_rerun_retries_it(fake_spec):

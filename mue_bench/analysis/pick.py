@@ -26,11 +26,16 @@ def pick(df: pd.DataFrame, budget: float, objective: str = "layer_savings") -> p
 
 
 def candidates(df: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.DataFrame:
-    """Every point meeting the budget, best first (the order `pick` uses)."""
+    """Every point meeting the budget, best first (the order `pick` uses). Time savings are ranked by the
+    lower end of their 95% interval first: a point whose saving may be timing noise does not win on a lucky
+    estimate, and one whose interval excludes zero beats one whose interval does not."""
     ok = ok_points(df)
     ok = ok[ok["quality_rel"] >= budget - EPS]
     ok = conservative_order(ok)
-    return ok.sort_values([objective, "quality_rel"], ascending=[False, False], kind="mergesort")
+    keys = [objective, "quality_rel"]
+    if objective == "time_savings" and "time_savings_lo" in ok:
+        keys.insert(0, "time_savings_lo")
+    return ok.sort_values(keys, ascending=False, kind="mergesort", na_position="last")
 
 
 # What `pick --json` reports of the chosen point, besides its confidence intervals.

@@ -60,9 +60,12 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
         ci = bootstrap_intervals(ok, samples, n_boot=300).set_index("point_id")
         ok = ok.join(ci, on="point_id")
         xs, ys = 100 * ok[xcol], yscale * ok[y]
-        if y == "quality_rel" and x != "time":
+        if y == "quality_rel":
             yerr = yscale * np.abs(np.vstack([ok[y] - ok["quality_rel_lo"], ok["quality_rel_hi"] - ok[y]]))
-            ax.errorbar(xs, ys, yerr=np.nan_to_num(yerr), fmt="none", ecolor=color, alpha=0.25, lw=0.8)
+            xerr = (100 * np.abs(np.vstack([ok[xcol] - ok["time_savings_lo"], ok["time_savings_hi"] - ok[xcol]]))
+                    if x == "time" else None)
+            ax.errorbar(xs, ys, yerr=np.nan_to_num(yerr), xerr=None if xerr is None else np.nan_to_num(xerr),
+                        fmt="none", ecolor=color, alpha=0.25, lw=0.8)
         ax.scatter(xs, ys, s=14, color=color, alpha=0.55, label=f"{_label(ok)} ({len(ok)} points)")
         front = pareto_front(ok, xcol, y)
         ax.step(100 * front[xcol], yscale * front[y], where="pre", color=color, lw=1.6,
@@ -79,6 +82,8 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
         ax.set_ylabel(f"{results[0][0]['quality_metric'].iloc[0]} (absolute)")
     ax.set_xlabel(xlabel)
     ax.set_title(f"MuE trade-off: quality vs {x} savings (error bars: 95% bootstrap CI)")
+    if x == "time":
+        _timing_caveat(ax, results)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left")
     return _save(fig, out, f"tradeoff-{x}-{y}")
@@ -124,19 +129,43 @@ def exit_histograms(points: pd.DataFrame, samples: pd.DataFrame, out: Path, budg
     return _save(fig, out, "exit-histograms")
 
 
+def _timing_caveat(ax, results: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Say on the figure itself when the sweep's drift alarm went off, instead of drawing numbers as if sound."""
+    warnings = {w for points, _ in results for w in points["timing_warning"].dropna()}
+    if warnings:
+        ax.text(0.5, 0.98, "time savings unreliable: " + sorted(warnings)[0], transform=ax.transAxes, ha="center",
+                va="top", fontsize=7, color="firebrick", wrap=True,
+                bbox={"facecolor": "white", "edgecolor": "firebrick", "alpha": 0.85})
+
+
 def realization(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    top = 0.0
+    """Time savings against FLOP savings, with the time savings' 95% intervals over pairs."""
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    lo, hi = 0.0, 1.0
     for points, _ in results:
-        ok = points[(points["status"] == "ok") & ~points["is_full"]]
-        ax.scatter(100 * ok["flop_savings"], 100 * ok["time_savings"], s=14, alpha=0.7, label=_label(ok))
-        top = max(top, 100 * ok["flop_savings"].max(), 100 * ok["time_savings"].max())
-    ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="time savings = FLOP savings")
+        ok = points[(points["status"] == "ok") & ~points["is_full"]].dropna(subset=["flop_savings", "time_savings"])
+        if ok.empty:
+            continue
+        err = 100 * np.abs(np.vstack([ok["time_savings"] - ok["time_savings_lo"],
+                                      ok["time_savings_hi"] - ok["time_savings"]]))
+        ax.errorbar(100 * ok["flop_savings"], 100 * ok["time_savings"], yerr=np.nan_to_num(err), fmt="o", ms=3.5,
+                    alpha=0.7, lw=0.8, label=_label(ok))
+        values = pd.concat([ok["flop_savings"], ok["time_savings_lo"], ok["time_savings_hi"], ok["time_savings"]])
+        lo, hi = min(lo, 100 * values.min()), max(hi, 100 * values.max())
+    ax.plot([0, hi], [0, hi], color="grey", ls="--", lw=1, label="realization 1: the clock shows every skipped FLOP")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.axhspan(lo - 5, 0, color="firebrick", alpha=0.06,
+               label="below 0: slower than the full model (exit overhead, or noise)")
+    ax.fill_between([0, hi], [0, hi], [hi, hi], color="seagreen", alpha=0.06,
+                    label="above the diagonal: more time than FLOPs saved\n(skipped layers' fixed per-layer overhead)")
+    ax.set_xlim(min(0, lo) - 2, hi + 2)
+    ax.set_ylim(lo - 5, hi + 5)
     ax.set_xlabel("FLOP savings (%)")
-    ax.set_ylabel("wall-clock savings (%)")
+    ax.set_ylabel("wall-clock savings (%), 95% interval over pairs")
     ax.set_title("realization: does the clock show the skipped FLOPs?", fontsize=9)
+    _timing_caveat(ax, results)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, out, "realization")
 
 

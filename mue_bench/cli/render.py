@@ -16,7 +16,7 @@ from mue_bench.analysis.pick import pick
 from mue_bench.mue.config import format_tau
 
 # Tables stay readable when output goes to a pipe or a CI log, where rich would assume 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 150
+_WIDTH = None if sys.stdout.isatty() else 200
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
@@ -50,6 +50,13 @@ def line(text: str) -> None:
     console.print(text, highlight=False, markup=False)
 
 
+def pct_ci(x: object, lo: object, hi: object) -> str:
+    """A percentage with its interval, "44.8% [40.1, 49.0]"; the bare value where there is no interval."""
+    if x is None or pd.isna(x) or lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return pct(x)
+    return f"{100 * float(x):.1f}% [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+
+
 def _table(title: str, columns: list[str], left: set[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in columns:
@@ -61,7 +68,7 @@ def summary_table(points: pd.DataFrame, title: str) -> Table:
     """The full model, and the largest layer savings within 1% and 5% quality loss."""
     metric = points["quality_metric"].iloc[0]
     table = _table(title, ["", "τ_img", "τ_txt", "τ_dec", metric, "quality_rel", "layer sav.", "FLOP sav.",
-                           "time sav.", "consistency"], {""})
+                           "time sav. [95% CI]", "consistency"], {""})
     ok = points[points["status"] == "ok"]
     rows = [("full model", ok[ok["is_full"]].iloc[0] if ok["is_full"].any() else None)]
     rows += [(f"best ≥{int(b * 100)}% quality", pick(ok, b)) for b in (0.99, 0.95)]
@@ -70,8 +77,8 @@ def summary_table(points: pd.DataFrame, title: str) -> Table:
             table.add_row(label, *["–"] * 9)
             continue
         table.add_row(label, format_tau(r.tau_img), format_tau(r.tau_txt), format_tau(r.tau_dec), num(r.quality),
-                      pct(r.quality_rel), pct(r.layer_savings), pct(r.flop_savings), pct(r.time_savings),
-                      pct(r.consistency))
+                      pct(r.quality_rel), pct(r.layer_savings), pct(r.flop_savings),
+                      pct_ci(r.time_savings, r.time_savings_lo, r.time_savings_hi), pct(r.consistency))
     return table
 
 
@@ -79,6 +86,12 @@ def sweep_summary(outcome, spec) -> None:
     pts = outcome.points
     console.print(summary_table(pts, f"{spec.name}: {len(pts)} points x {int(pts['n'].max())} samples "
                                      f"({len(outcome.computed)} computed, {len(outcome.reused)} reused)"))
+    warnings = pts["timing_warning"].dropna().unique()
+    if len(warnings):
+        err_console.print(f"[yellow]warning:[/yellow] {warnings[0]}", highlight=False)
+    if outcome.wall_s:
+        line(f"timing the full model beside each point took {outcome.reference_s:.1f} s of this run's "
+             f"{outcome.wall_s:.1f} s ({outcome.reference_s / outcome.wall_s:.0%})")
     line(f"wrote {spec.results_path()} and {spec.samples_path()}")
     if outcome.failed:
         err_console.print(f"[red]{len(outcome.failed)} point(s) failed:[/red] " + ", ".join(outcome.failed))
@@ -95,24 +108,27 @@ def grid_listing(spec) -> None:
 def eval_table(points: pd.DataFrame, title: str) -> None:
     pts = points.set_index("point_id")
     table = _table(f"{title} (n={int(pts['n'].iloc[0])})", ["", pts["quality_metric"].iloc[0], "quality_rel",
-                   "img layers", "txt layers", "dec layers", "layer sav.", "FLOP sav.", "time sav.", "consistency"],
+                   "img layers", "txt layers", "dec layers", "layer sav.", "FLOP sav.", "time sav. [95% CI]",
+                   "consistency"],
                    {""})
     for pid, r in pts.iterrows():
         table.add_row("full model" if r.is_full else pid, num(r.quality), pct(r.quality_rel),
                       num(r.enc_img_layers, 2), num(r.enc_txt_layers, 2), num(r.dec_layers, 2),
-                      pct(r.layer_savings), pct(r.flop_savings), pct(r.time_savings), pct(r.consistency))
+                      pct(r.layer_savings), pct(r.flop_savings),
+                      pct_ci(r.time_savings, r.time_savings_lo, r.time_savings_hi), pct(r.consistency))
     console.print(table)
 
 
 def budget_table(bp) -> None:
     table = _table(f"candidates with quality_rel ≥ {bp.budget:g}, by {bp.objective}",
-                   ["point", "quality_rel [95% CI]", "layer sav. [95% CI]", "FLOP sav. [95% CI]", "time sav."],
+                   ["point", "quality_rel [95% CI]", "layer sav. [95% CI]", "FLOP sav. [95% CI]",
+                    "time sav. [95% CI]"],
                    {"point"})
     for r in bp.top.itertuples():
         table.add_row(r.point_id, f"{pct(r.quality_rel)} [{pct(r.quality_rel_lo)}, {pct(r.quality_rel_hi)}]",
                       f"{pct(r.layer_savings)} [{pct(r.layer_savings_lo)}, {pct(r.layer_savings_hi)}]",
                       f"{pct(r.flop_savings)} [{pct(r.flop_savings_lo)}, {pct(r.flop_savings_hi)}]",
-                      pct(r.time_savings))
+                      pct_ci(r.time_savings, r.time_savings_lo, r.time_savings_hi))
     console.print(table)
     if bp.chosen is not None:
         line(f"picked {bp.chosen.point_id}")

@@ -9,6 +9,7 @@ happens once at the end for all points (one Java process for tokenizing, one for
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
-from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
+from mue_bench.results import POINTS_SCHEMA, RAW_SAMPLES_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
 from mue_bench.run.prepare import Loader, prepare_inputs
 from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import DeviceTimer, Timer
@@ -59,14 +60,44 @@ class SweepOutcome:
     reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     layer_executions: int = 0  # of the points computed in this run (warm-up and repeats included)
+    wall_s: float = 0.0  # this run of the sweep, start to end
+    reference_s: float = 0.0  # of which timing the full model inside pairs
+
+
+@dataclass
+class PairClock:
+    """Which of a pair runs first, alternating over the whole sweep, and the seconds spent timing the full
+    model inside pairs (the price of paired timing, reported with the sweep)."""
+
+    reference_first: bool = True
+    reference_s: float = 0.0
+
+    def next_order(self) -> bool:
+        first, self.reference_first = self.reference_first, not self.reference_first
+        return first
+
+
+def _timed_pair(engine: Engine, batch, cfg: ExitConfig, timer: Timer, clock: PairClock) -> tuple[object, dict]:
+    """The point and its full model on one batch, back to back, in the clock's order."""
+    ref_cfg, ref_first, at = cfg.reference(), clock.next_order(), time.time()
+    if ref_first:
+        _, ref_s = timer.time(lambda: engine.run(batch, ref_cfg))
+        raw, point_s = timer.time(lambda: engine.run(batch, cfg))
+    else:
+        raw, point_s = timer.time(lambda: engine.run(batch, cfg))
+        _, ref_s = timer.time(lambda: engine.run(batch, ref_cfg))
+    clock.reference_s += ref_s
+    return raw, {"point_s": point_s, "ref_s": ref_s, "ref_first": ref_first, "at": at}
 
 
 def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSpec, timer: Timer,
                    on_batch: Callable[[], None] = lambda: None, reuse: GridReuse | None = None,
-                   ) -> tuple[pd.DataFrame, int]:
+                   clock: PairClock | None = None) -> tuple[pd.DataFrame, int]:
     """Per-sample raw rows of one grid point and the layer executions it took. The timed batches (all, or
     the first `timing.batches` when `reuse` is given) run in full: outputs of the first pass, median batch
-    times. The rest come from `reuse`, with no latency."""
+    times, and for every point but the full model, each timed run paired with a full-model run of the same
+    batch (scoring/paired.py). The rest come from `reuse`, with no latency."""
+    clock = clock or PairClock()
     n_timed = len(batches) if reuse is None else _n_timed(spec, batches)
     executions = 0
     for _ in range(spec.timing.warmup):
@@ -74,10 +105,16 @@ def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSp
             executions += _executions(engine.run_batch(batch, cfg))
     timer.reset_peak_memory()
     times: list[list[float]] = [[] for _ in batches[:n_timed]]
+    pairs: list[list[dict]] = [[] for _ in batches[:n_timed]]
     results = []
     for rep in range(_repeats(spec, cfg)):
         for i, batch in enumerate(batches[:n_timed]):
-            raw, secs = timer.time(lambda b=batch: engine.run(b, cfg))
+            if cfg.is_full:
+                raw, secs = timer.time(lambda b=batch: engine.run(b, cfg))
+            else:
+                raw, pair = _timed_pair(engine, batch, cfg, timer, clock)
+                pairs[i].append(pair)
+                secs = pair["point_s"]
             times[i].append(secs)
             if rep == 0:
                 results.append(engine.collect(raw, cfg))
@@ -95,6 +132,7 @@ def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSp
     rows, index = [], 0
     for b, res in enumerate(results):
         share = median(times[b]) / len(res.samples) if b < n_timed else float("nan")
+        batch_pairs = pairs[b] if b < n_timed else []
         for s in res.samples:
             rows.append({
                 "point_id": pid, "sample_index": index, "sample_id": None, "batch_index": b,
@@ -102,10 +140,12 @@ def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSp
                 "enc_img_layers": s.enc_img_layers, "enc_txt_layers": s.enc_txt_layers,
                 "dec_layers": s.dec_layers, "layers_used": s.layers_used, "flops": s.flops,
                 "latency_s": share, "peak_mem_bytes": mem if index < first else None,
+                "pair_s": [p["point_s"] for p in batch_pairs], "pair_ref_s": [p["ref_s"] for p in batch_pairs],
+                "pair_ref_first": [p["ref_first"] for p in batch_pairs], "pair_at": [p["at"] for p in batch_pairs],
                 "enc_img_sims": s.enc_img_sims, "enc_txt_sims": s.enc_txt_sims, "dec_sims": s.dec_sims,
             })
             index += 1
-    return pd.DataFrame(rows), executions
+    return conform(pd.DataFrame(rows), RAW_SAMPLES_SCHEMA), executions
 
 
 def warm_up(engine: Engine, batches: list, encoder_mode: str, spec: SweepSpec) -> int:
@@ -136,6 +176,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     engine, samples and batches (default: the spec's model and data; a test passes a fake); `timer` times the
     model work (default: the device's own clock)."""
     options, progress = options or SweepOptions(), progress or Progress()
+    started = time.perf_counter()
     device = resolve_device(spec.run.device)
     timer = timer or DeviceTimer(device)
     torch.manual_seed(spec.run.seed)
@@ -159,6 +200,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
     progress.start_points(len(configs), len(done))
     reuse = engine.grid_reuse() if spec.timing.batches else None
+    clock = PairClock()
     if todo and spec.timing.warmup:
         progress.warming_up()
         outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
@@ -166,7 +208,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         progress.start_point(pid, len(batches))
         try:
             rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
-                                              reuse)
+                                              reuse, clock)
             outcome.layer_executions += executions
         except (KeyboardInterrupt, MueBenchError):
             raise
@@ -198,4 +240,5 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     store.finish(scored, points, keep_parts=bool(failures))
     outcome.points, outcome.samples = points, scored
     outcome.failed = sorted(set(outcome.failed) | set(failures))
+    outcome.wall_s, outcome.reference_s = time.perf_counter() - started, clock.reference_s
     return outcome

@@ -13,6 +13,15 @@ import numpy as np
 import pandas as pd
 
 from mue_bench.mue.config import ExitConfig
+from mue_bench.scoring.paired import (
+    PairedSaving,
+    Pairs,
+    drift,
+    drift_warning,
+    paired_saving,
+    paired_wall,
+    pairs_of,
+)
 
 
 def quality_metric(task: str) -> str:
@@ -49,12 +58,29 @@ def _ratio_saving(used: float, full: float) -> float:
     return 1.0 - used / full if full else float("nan")
 
 
+def _time_columns(cfg: ExitConfig, s: dict, ref: dict, rows: pd.DataFrame, pairs: Pairs,
+                  flop_savings: float) -> dict:
+    """Time savings from the point's pairs with the full model (scoring/paired.py); the full model itself
+    saves nothing, by definition, against itself."""
+    if cfg.is_full:
+        t = PairedSaving(0.0, 0.0, 0.0, 0)
+        wall_full = ref["wall_s"]
+    else:
+        t, wall_full = paired_saving(pairs), paired_wall(rows)
+    real = [v / flop_savings if flop_savings > 1e-9 else float("nan") for v in (t.saving, t.lo, t.hi)]
+    return {"wall_full_s": wall_full, "time_savings": t.saving, "time_savings_lo": t.lo, "time_savings_hi": t.hi,
+            "n_pairs": t.n, "realization": real[0], "realization_lo": real[1], "realization_hi": real[2]}
+
+
 def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: str,
               corpus: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
     """One row per point in `configs` that has samples, with savings against its reference point."""
     corpus = corpus or {}
     metric = quality_metric(task)
-    stats = {pid: _point_stats(g) for pid, g in samples.groupby("point_id", sort=False)}
+    groups = dict(tuple(samples.groupby("point_id", sort=False)))
+    stats = {pid: _point_stats(g) for pid, g in groups.items()}
+    pairs = {pid: pairs_of(g) for pid, g in groups.items()}
+    warning = drift_warning(drift([p for p in pairs.values() if len(p)]))
     rows = []
     for pid, cfg in configs.items():
         if pid not in stats:
@@ -76,14 +102,12 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
         if ref is None:  # reference failed: savings unknown
             row.update(layers_full=None, flops_full=None, wall_full_s=None, quality_full=None)
         else:
-            row.update(layers_full=ref["layers_used"], flops_full=ref["flops_used"], wall_full_s=ref["wall_s"],
-                       quality_full=ref[metric])
+            row.update(layers_full=ref["layers_used"], flops_full=ref["flops_used"], quality_full=ref[metric])
             row["layer_savings"] = _ratio_saving(s["layers_used"], ref["layers_used"])
             row["flop_savings"] = _ratio_saving(s["flops_used"], ref["flops_used"])
-            row["time_savings"] = _ratio_saving(s["wall_s"], ref["wall_s"])
             row["quality_rel"] = s[metric] / ref[metric] if ref[metric] else float("nan")
-            row["realization"] = (row["time_savings"] / row["flop_savings"]
-                                  if row["flop_savings"] > 1e-9 else float("nan"))
+            row.update(_time_columns(cfg, s, ref, groups[pid], pairs[pid], row["flop_savings"]))
+        row["timing_warning"] = warning
         rows.append(row)
     return pd.DataFrame(rows)
 
