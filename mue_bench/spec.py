@@ -199,13 +199,14 @@ class GridSpec(_Strict):
 
 class TimingSpec(_Strict):
     warmup: int = Field(default=1, ge=0)
+    # Timed runs of each batch per point; each is paired with a full-model run of the same batch, back to back
+    # (scoring/paired.py), so a point's time saving never compares two different states of the machine.
     repeats: int = Field(default=1, ge=1)
-    # The full model's time is the denominator of every point's time saving, so its error shifts them all
-    # alike: it is timed max(repeats, reference_repeats) times (median), the other points `repeats` times.
+    # The full model's own row (its wall_s and latencies) is timed max(repeats, reference_repeats) times.
     reference_repeats: int = Field(default=3, ge=1)
-    # Time only the first `batches` batches of every point (run in full, as deployed); evaluate the other
-    # samples with grid reuse (reuse.py): encoder outputs shared across decoder settings, generations shared
-    # by samples that reach the same exits. None: every batch is timed and nothing is reused.
+    # Time only the first `batches` batches of every point (run in full, as deployed, and paired); evaluate the
+    # other samples with grid reuse (mue/grid_reuse.py): encoder outputs shared across decoder settings,
+    # generations shared by samples that reach the same exits. None: every batch is timed, nothing is reused.
     batches: int | None = Field(default=None, ge=1)
 
 

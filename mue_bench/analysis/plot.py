@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -83,7 +84,7 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
     ax.set_xlabel(xlabel)
     ax.set_title(f"MuE trade-off: quality vs {x} savings (error bars: 95% bootstrap CI)")
     if x == "time":
-        _timing_caveat(ax, results)
+        _timing_caveat(fig, results)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left")
     return _save(fig, out, f"tradeoff-{x}-{y}")
@@ -129,13 +130,12 @@ def exit_histograms(points: pd.DataFrame, samples: pd.DataFrame, out: Path, budg
     return _save(fig, out, "exit-histograms")
 
 
-def _timing_caveat(ax, results: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
-    """Say on the figure itself when the sweep's drift alarm went off, instead of drawing numbers as if sound."""
+def _timing_caveat(fig, results: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Say under the figure when the sweep's drift alarm went off, instead of drawing numbers as if sound."""
     warnings = {w for points, _ in results for w in points["timing_warning"].dropna()}
     if warnings:
-        ax.text(0.5, 0.98, "time savings unreliable: " + sorted(warnings)[0], transform=ax.transAxes, ha="center",
-                va="top", fontsize=7, color="firebrick", wrap=True,
-                bbox={"facecolor": "white", "edgecolor": "firebrick", "alpha": 0.85})
+        fig.text(0.5, 0.0, textwrap.fill("timing: " + sorted(warnings)[0], 110), ha="center",
+                 va="top", fontsize=7.5, color="firebrick")
 
 
 def realization(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> list[Path]:
@@ -163,7 +163,7 @@ def realization(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path) -> 
     ax.set_xlabel("FLOP savings (%)")
     ax.set_ylabel("wall-clock savings (%), 95% interval over pairs")
     ax.set_title("realization: does the clock show the skipped FLOPs?", fontsize=9)
-    _timing_caveat(ax, results)
+    _timing_caveat(fig, results)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, out, "realization")

@@ -17,8 +17,9 @@ import pandas as pd
 LEVEL = 0.95
 N_BOOT = 2000
 # The full model got this much slower or faster (median of the last quarter of the sweep against the first,
-# batch by batch) before the time columns are flagged: run-to-run noise of a quiet 2-core CPU stays under it.
-DRIFT_LIMIT = 0.15
+# batch by batch) before the time columns are flagged. On the 2-core development VM a quiet demo sweep drifted
+# up to 16%; one with a CPU load switched on halfway, 315% (benchmarks/timing_noise.py).
+DRIFT_LIMIT = 0.25
 MIN_DRIFT_PAIRS = 8
 
 
@@ -99,4 +100,5 @@ def drift_warning(change: float | None) -> str | None:
     if change is None or abs(change) <= DRIFT_LIMIT:
         return None
     return (f"the full model ran {abs(change):.0%} {'slower' if change > 0 else 'faster'} at the end of the sweep "
-            "than at its start: the machine's speed changed, so time savings are unreliable even paired")
+            "than at its start: the machine's speed changed; pairing cancels slow drift, but not load that comes "
+            "and goes within a pair, so read the time savings with care and rerun on a quiet machine")
