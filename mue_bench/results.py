@@ -169,12 +169,14 @@ def _write_text_atomic(text: str, path: Path) -> None:
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder; give a results file (results/<name>.parquet)")
     if not path.is_file():
-        raise MueBenchError(f"results file not found: {path}")
+        raise SpecError(f"results file not found: {path}")
     try:
         return pq.read_table(path).to_pandas()
     except (pa.ArrowInvalid, OSError) as e:
-        raise MueBenchError(f"{path}: not a readable parquet file ({e})") from None
+        raise SpecError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
 
 
 def _raw_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -251,12 +253,29 @@ class SweepStore:
             shutil.rmtree(self.parts, ignore_errors=True)
 
 
+def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A points table fit to analyse: the named columns (default: the whole schema) present and typed, at least
+    one row, each point once, and a successful full-model row. Anything else is one line naming the file."""
+    columns = columns or POINTS_SCHEMA.names
+    missing = [c for c in columns if c not in points]
+    if missing:
+        raise SpecError(f"{path}: not a mue-bench results file of this version (no {', '.join(missing[:5])}"
+                        f"{' …' if len(missing) > 5 else ''} columns); rerun its sweep")
+    if points.empty:
+        raise SpecError(f"{path}: no points in it; rerun its sweep")
+    for c in columns:
+        field = POINTS_SCHEMA.field(c)
+        if pa.types.is_floating(field.type) and not pd.api.types.is_numeric_dtype(points[c]):
+            raise SpecError(f"{path}: column {c} holds {points[c].dtype}, not numbers; rerun its sweep")
+    duplicated = points["point_id"][points["point_id"].duplicated()]
+    if len(duplicated):
+        raise SpecError(f"{path}: point {duplicated.iloc[0]} appears more than once; rerun its sweep with --fresh")
+    if not ((points["status"] == "ok") & points["is_full"].astype(bool)).any():
+        raise SpecError(f"{path}: no successful full-model point, which every saving divides by; rerun its sweep")
+    return points
+
+
 def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Points and per-sample rows of one sweep."""
-    points = read_table(path)
-    if "point_id" not in points or "quality_rel" not in points:
-        raise SpecError(f"{path}: not a mue-bench results file (no point_id / quality_rel columns)")
+    """Points and per-sample rows of one sweep, checked (see checked_points)."""
+    points = checked_points(read_table(path), path)
     return points, read_table(samples_path_for(path))
-
-
-

@@ -11,7 +11,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 try:
     import tomllib
@@ -153,14 +153,31 @@ class DecodingSpec(_Strict):
     ignore_eos: bool = False  # always generate max_len tokens (speed benchmarks on random weights)
 
 
+# More thresholds than this in one range is a typo in `step` (a grid of them would never finish).
+MAX_RANGE_VALUES = 1000
+
+
 class Range(_Strict):
-    start: float
-    stop: float
-    step: float = Field(gt=0)
+    start: float = Field(allow_inf_nan=False)
+    stop: float = Field(allow_inf_nan=False)
+    step: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sound(self) -> Range:
+        if self.step <= 0:
+            raise ValueError(f"step must be > 0 (got {self.step:g})")
+        if self.stop < self.start:
+            raise ValueError(f"stop {self.stop:g} is below start {self.start:g}")
+        if self.count() > MAX_RANGE_VALUES:
+            raise ValueError(f"{self.count()} thresholds from start to stop at step {self.step:g}; at most "
+                             f"{MAX_RANGE_VALUES} (is the step a typo?)")
+        return self
+
+    def count(self) -> int:
+        return int(round((self.stop - self.start) / self.step)) + 1
 
     def values(self) -> list[float]:
-        n = int(round((self.stop - self.start) / self.step)) + 1
-        return [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+        return [round(self.start + i * self.step, 10) for i in range(max(self.count(), 0))]
 
 
 Thresholds = list[float] | Range
@@ -175,7 +192,9 @@ class GridSpec(_Strict):
     kv_fill: list[Literal["copy", "propagate", "official"]] = ["copy"]
     dec_schedule: list[Literal["official", "constant"]] = ["constant"]
     # Benchmarking mode: exit after exactly these layer counts [img, txt, dec], ignoring similarity.
-    fixed_exit: list[tuple[int, int, int]] = []
+    fixed_exit: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = []
+    # A grid larger than this is refused as a likely typo; raise it here for a grid you mean.
+    max_points: int = Field(default=5000, ge=1)
 
     @field_validator("tau_img", "tau_txt", "tau_dec")
     @classmethod
@@ -195,6 +214,18 @@ class GridSpec(_Strict):
         if not v:
             raise ValueError("empty list")
         return v
+
+    @model_validator(mode="after")
+    def _not_too_large(self) -> GridSpec:
+        def count(v: Thresholds) -> int:
+            return v.count() if isinstance(v, Range) else len(v)
+
+        settings = len(self.encoder_mode) * len(self.kv_fill) * len(self.dec_schedule)
+        n = settings * (count(self.tau_img) * count(self.tau_txt) * count(self.tau_dec) + len(self.fixed_exit))
+        if n > self.max_points:
+            raise ValueError(f"{n} grid points, more than max_points = {self.max_points}; "
+                             "shrink the grid or raise grid.max_points")
+        return self
 
 
 class TimingSpec(_Strict):
@@ -281,8 +312,10 @@ class SweepSpec(_Strict):
 
 
 def describe_validation_error(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or len(e["loc"]) == 1)
+    # Of a union's errors (a threshold list or a range), the most specific: not a wrong-type one, deepest first.
+    e = min(err.errors(), key=lambda x: (x["type"].endswith("_type"), -len(x["loc"])))
+    loc = ".".join(str(p) for p in e["loc"] if (not isinstance(p, int) or len(e["loc"]) == 1)
+                   and not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -291,10 +324,14 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
 
 
 def load_spec(path: Path) -> SweepSpec:
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder; give a spec file (e.g. sweeps/demo.toml)")
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start}); save the spec as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
     raw.setdefault("name", path.stem)

@@ -30,6 +30,7 @@ class FakeEngine:
     runs: list[tuple[str, bool]] = field(default_factory=list)  # (point id, inside a timed region), in order
     native_encoder_mode: str = "split"
     timing: bool = False  # set by FakeTimer around the work it times
+    depth: tuple[int, int] = (LAYERS, LAYERS)
 
     def prepare(self, samples: list[Sample]) -> list[Sample]:
         return samples

@@ -141,3 +141,41 @@ def test_checkpoint_strings_parse_into_one_typed_value(tmp_path):
     assert ModelSpec(family="florence2", checkpoint="org/model").resolved == Checkpoint("hub", "org/model")
     assert ModelSpec(family="t5gemma2", checkpoint="random:270m").resolved == Checkpoint("random", "270m")
     assert ModelSpec(family="florence2", checkpoint=str(tmp_path)).resolved == Checkpoint("folder", str(tmp_path))
+
+
+RANGES = {
+    "stop = inf": ("{start = 0.9, stop = inf, step = 0.01}", "tau_dec.stop"),
+    "step = 0": ("{start = 0.9, stop = 0.99, step = 0}", "step must be > 0"),
+    "stop below start": ("{start = 0.99, stop = 0.9, step = 0.01}", "stop 0.9 is below start 0.99"),
+    "a step that makes millions of thresholds": ("{start = 0.9, stop = 1.0, step = 1e-7}", "is the step a typo?"),
+    "a grid of 848k points": ("{start = -1, stop = 1, step = 0.005}\ntau_img = {start = -1, stop = 1, step = 0.1}\n"
+                              "tau_txt = {start = -1, stop = 1, step = 0.01}", "raise grid.max_points"),
+    "a negative fixed exit": ("[0.9]\nfixed_exit = [[-5, 99999999999, 0]]", "grid.fixed_exit"),
+}
+
+
+@pytest.mark.parametrize("case", RANGES, ids=list(RANGES))
+def test_an_unsound_range_is_one_line_even_for_a_dry_run(case, tmp_path):
+    text, expected = RANGES[case]
+    path = tmp_path / "r.toml"
+    path.write_text(f'name = "r"\n[grid]\ntau_dec = {text}\n')
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], result.output
+
+
+def test_a_spec_that_is_not_utf8_or_is_a_folder_is_one_line(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    for path, expected in ((latin, "not UTF-8"), (tmp_path, "is a folder")):
+        result = runner.invoke(app, ["sweep", str(path), "--dry-run"])
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tpu"])
+def test_a_device_this_machine_cannot_give_is_bad_input(device):
+    from mue_bench.errors import SpecError
+    from mue_bench.models.registry import resolve_device
+
+    with pytest.raises(SpecError):
+        resolve_device(device)

@@ -275,3 +275,13 @@ def test_a_row_key_the_results_schema_lacks_is_refused_not_dropped():
     assert list(conform(pd.DataFrame({"quality": [1.0]}), POINTS_SCHEMA).columns) == POINTS_SCHEMA.names
     with pytest.raises(ValueError, match="quailty"):
         conform(pd.DataFrame({"quailty": [1.0]}), POINTS_SCHEMA)
+
+
+def test_a_fixed_exit_deeper_than_the_model_is_refused_before_any_point_runs(fake_spec):
+    from mue_bench.errors import SpecError
+
+    deep = fake_spec.model_copy(update={"grid": fake_spec.grid.model_copy(update={"fixed_exit": [(7, 1, 1)]})})
+    engine = FakeEngine()
+    with pytest.raises(SpecError, match="6 encoder and 6 decoder layers"):
+        _fake_sweep(deep, engine)
+    assert engine.runs == [] and not deep.results_path().exists()

@@ -16,7 +16,11 @@ import pandas as pd
 from mue_bench.analysis.pareto import dominated_area
 from mue_bench.analysis.pick import pick
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.results import read_table
+from mue_bench.results import checked_points, read_table
+
+# What the gate reads of each file (older baselines lack later columns, and need not have them).
+CHECK_COLUMNS = ["point_id", "status", "is_full", "tau_img", "tau_txt", "tau_dec", "quality_rel", "layer_savings",
+                 "flop_savings"]
 
 
 @dataclass
@@ -75,7 +79,8 @@ def check_files(current: Path, baseline: Path, budget: float = 0.99, savings_tol
     """`compare` on two results files; with `report`, the markdown is also appended there."""
     if report is not None and not report.parent.is_dir():
         raise SpecError(f"--report {report}: folder {report.parent} does not exist")
-    result = compare(read_table(current), read_table(baseline), budget, savings_tolerance, area_tolerance)
+    tables = [checked_points(read_table(p), p, CHECK_COLUMNS) for p in (current, baseline)]
+    result = compare(*tables, budget, savings_tolerance, area_tolerance)
     if report is not None:
         with open(report, "a") as f:
             f.write(result.markdown())

@@ -20,13 +20,13 @@ def sweep(
 ) -> None:
     """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
     # ctx.obj may carry run_sweep's `load` and `timer` (tests hand in a fake model; users never set it)
-    from mue_bench.run.runner import SweepOptions, run_sweep
     from mue_bench.spec import load_spec
 
     with handled():
         s = load_spec(spec).overridden(limit=limit, device=device)
         if dry_run:
             return render.grid_listing(s)
+        from mue_bench.run.runner import SweepOptions, run_sweep  # torch, only once the spec is sound
         with render.progress() as hooks:
             options = SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor)
             outcome = run_sweep(s, options, hooks, **(ctx.obj or {}))

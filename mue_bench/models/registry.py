@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.models.tiny.adapter import TinyAdapter
 from mue_bench.spec import Checkpoint, ModelSpec
 
@@ -20,9 +20,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MueBenchError(f"unknown device {name!r} (try cpu, cuda, cuda:1 or auto)") from None
+        raise SpecError(f"unknown device {name!r} (try cpu, cuda, cuda:1 or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MueBenchError(f"device {name!r} requested but CUDA is not available")
+        raise SpecError(f"device {name!r} requested but CUDA is not available (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SpecError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SpecError(f"device {name!r}: mue-bench runs on cpu, cuda or mps")
     return device
 
 

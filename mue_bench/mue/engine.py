@@ -128,6 +128,11 @@ class Engine:
         """The encoder mode the model was trained for, where the family has one."""
         return self.adapter.native_encoder_mode
 
+    @property
+    def depth(self) -> tuple[int, int]:
+        """(encoder layers, decoder layers)."""
+        return self.adapter.n_enc_layers, self.adapter.n_dec_layers
+
     def prepare(self, samples: list) -> Any:
         return self.adapter.prepare(samples)
 

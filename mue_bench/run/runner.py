@@ -18,7 +18,7 @@ from statistics import median
 import pandas as pd
 import torch
 
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
@@ -194,6 +194,11 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
                       f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
                       f"function than the model was trained for (use {native!r} unless you mean it)")
+    enc, dec = engine.depth
+    deep = next((c.fixed_exit for c in configs.values() if c.fixed_exit and max(c.fixed_exit[:2]) > enc
+                 or c.fixed_exit and c.fixed_exit[2] > dec), None)
+    if deep is not None:
+        raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
     if any(len(rows) != len(samples) for rows in done.values()):
         raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
 

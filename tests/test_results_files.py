@@ -1,0 +1,62 @@
+"""Readers of results files check what they read: a damaged or foreign file is one line naming it, exit 2."""
+
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mue_bench.cli import app
+from tests.test_cli import _fake
+from tests.test_sweep import write_spec
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, shapes_root, random_checkpoint):
+    tmp = tmp_path_factory.mktemp("swept")
+    spec = write_spec(tmp, shapes_root, random_checkpoint, task="entailment")
+    assert runner.invoke(app, ["sweep", str(spec)], obj=_fake()).exit_code == 0
+    return tmp / "results" / "t.parquet"
+
+
+def _damaged(swept, tmp_path, change) -> str:
+    points = pd.read_parquet(swept)
+    out = tmp_path / "d.parquet"
+    shutil.copy(swept.with_name("t.samples.parquet"), tmp_path / "d.samples.parquet")
+    change(points).to_parquet(out)
+    return str(out)
+
+
+DAMAGE = {
+    "a missing column": (lambda p: p.drop(columns=["quality_rel"]), "no quality_rel"),
+    "no rows": (lambda p: p.iloc[:0], "no points in it"),
+    "a duplicated point": (lambda p: pd.concat([p, p.iloc[:1]]), "appears more than once"),
+    "no full-model row": (lambda p: p[~p["is_full"]], "no successful full-model point"),
+    "a wrong type": (lambda p: p.assign(layer_savings="many"), "column layer_savings holds"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE, ids=list(DAMAGE))
+@pytest.mark.parametrize("command", [["pick"], ["plot"], ["check", "--baseline"]], ids=["pick", "plot", "check"])
+def test_a_damaged_results_file_is_one_line_and_exit_2(case, command, swept, tmp_path):
+    change, expected = DAMAGE[case]
+    path = _damaged(swept, tmp_path, change)
+    args = [command[0], str(swept), command[1], path] if len(command) == 2 else [command[0], path]
+    if command[0] == "plot":
+        args += ["--out", str(tmp_path / "plots")]
+    result = runner.invoke(app, args)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and expected in result.output.replace("\n", ""), result.output
+    assert not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not parquet"], ids=["missing", "empty", "not parquet"])
+def test_a_missing_or_unreadable_results_file_is_bad_input(content, tmp_path):
+    path = tmp_path / "r.parquet"
+    if content is not None:
+        path.write_bytes(content)
+    result = runner.invoke(app, ["pick", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and str(path) in result.output.replace("\n", "")
