@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -141,7 +142,11 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     unknown = [c for c in df.columns if c not in schema.names]
     if unknown:
         raise ValueError(f"columns not in the results schema: {', '.join(map(str, unknown))}")
-    return df.reindex(columns=schema.names)
+    out = df.reindex(columns=schema.names)
+    for field in schema:  # a list column with no list in it (every point failed) is all NaN: make it nulls
+        if pa.types.is_list(field.type) and out[field.name].dtype != object:
+            out[field.name] = pd.Series([None] * len(out), index=out.index, dtype=object)
+    return out
 
 
 def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -151,7 +156,7 @@ def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                **{k.encode(): v.encode() for k, v in metadata.items()}})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp)
@@ -161,8 +166,18 @@ def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict
             os.remove(tmp)
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to `path` (renamed over it once written), with the mode a plain open would give: mkstemp
+    makes 0600 whatever the umask, and results are meant to be read by others."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    fd, tmp = _temp_beside(path)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -187,17 +202,93 @@ def _raw_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df[RAW_SAMPLES_SCHEMA.names]
 
 
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_output_dir(folder: Path) -> None:
+    """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
+        raise SpecError(f"output.dir {folder} {what}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"output.dir {folder}: {existing} is not writable; give a folder you can write to")
+
+
 class SweepStore:
     """The files of one sweep: finished points (parts or final file), failures, and the final write."""
 
     def __init__(self, results: Path, samples: Path, context_hash: str, fresh: bool = False):
         self.results, self.samples, self.context = results, samples, context_hash
         self.parts = results.with_suffix(".parts")
-        if fresh:
-            for p in (results, samples):
+        self.lock, self.fresh, self.locked = results.with_suffix(".lock"), fresh, False
+        _check_output_dir(results.parent)
+        if not fresh:
+            self._check_context()  # read only: a mismatch is reported before any model work
+
+    def open(self) -> SweepStore:
+        """Take the folder for writing (once the model and data have loaded, so bad input leaves nothing
+        behind): create it, take the lock, clear what an interrupted write left, and honour `fresh`."""
+        self.results.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        self.locked = True
+        self._remove_stale_temp_files()
+        if self.fresh:
+            for p in (self.results, self.samples):
                 p.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
         self._check_context()
+        return self
+
+    def _take_lock(self) -> None:
+        """One writer per results file: a lock file naming its owner; one left by a dead process is taken over."""
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.lock.read_text())
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == me["host"] and not _alive(int(owner.get("pid", 0))):
+                    self.lock.unlink(missing_ok=True)  # stale: its sweep died without releasing it
+                    continue
+                raise MueBenchError(f"another sweep (pid {owner.get('pid', '?')} on {owner.get('host', '?')}) is "
+                                    f"writing {self.results}; wait for it to finish, or delete {self.lock} "
+                                    "if it is gone") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return
+
+    def release(self) -> None:
+        if self.locked:
+            self.lock.unlink(missing_ok=True)
+            self.locked = False
+
+    def __enter__(self) -> SweepStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of a write that was interrupted (we hold the lock, so none is being written now)."""
+        for folder, names in ((self.results.parent, (self.results.name, self.samples.name)), (self.parts, None)):
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+                if names is None or any(tmp.name.startswith(f".{n}.") for n in names):
+                    tmp.unlink(missing_ok=True)
 
     def _check_context(self) -> None:
         found = None

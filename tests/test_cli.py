@@ -181,3 +181,11 @@ def test_every_command_is_a_thin_wrapper_of_at_most_25_lines():
         source = inspect.getsource(command.callback)
         node = ast.parse(source).body[0]
         assert node.end_lineno - node.lineno + 1 <= 25, f"{command.callback.__name__}: {node.end_lineno} lines"
+
+
+def test_outside_a_terminal_progress_is_one_line_per_finished_point(tmp_path, shapes_root, random_checkpoint):
+    spec = write_spec(tmp_path, shapes_root, random_checkpoint, task="entailment")
+    result = runner.invoke(app, ["sweep", str(spec)], obj=_fake())
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("[")]
+    assert [ln.split()[0] for ln in lines] == [f"[{i}/5]" for i in range(1, 6)], result.output
+    assert all("done" in ln and "eta" in ln for ln in lines)

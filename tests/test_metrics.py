@@ -46,3 +46,45 @@ def test_meteor_aligns_each_distinct_caption_once_and_scores_as_pycocoevalcap():
         assert scores[point]["meteor_per_sample"].tolist() == per_sample
     assert scores["full"]["meteor"] > scores["fast"]["meteor"] > 0
     assert {"cider", "bleu4", "rouge_l"} <= scores["fast"].keys()
+
+
+def test_a_meteor_scorer_whose_java_died_mid_call_closes_at_once():
+    import time
+
+    from mue_bench.scoring.metrics import meteor_process
+
+    with meteor_process() as scorer:
+        scorer.lock.acquire()  # as the library leaves it when its Java child dies inside a call
+        scorer.meteor_p.kill()
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 5 and scorer.meteor_p.poll() is not None
+
+
+def test_the_meteor_child_dies_with_its_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from mue_bench.scoring.metrics import meteor_process\n"
+            "import time\n"
+            "with meteor_process() as s:\n"
+            "    print(s.meteor_p.pid, flush=True)\n"
+            "    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:  # reaped by init once dead; a zombie counts as gone
+            if f.read().split()[2] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"METEOR's Java process {child} outlived the killed sweep")

@@ -285,3 +285,88 @@ def test_a_fixed_exit_deeper_than_the_model_is_refused_before_any_point_runs(fak
     with pytest.raises(SpecError, match="6 encoder and 6 decoder layers"):
         _fake_sweep(deep, engine)
     assert engine.runs == [] and not deep.results_path().exists()
+
+
+def test_a_second_sweep_of_the_same_spec_refuses_while_the_first_runs_and_the_results_equal_one_run(
+        fake_spec, tmp_path, shapes_root, random_checkpoint):
+    from mue_bench.errors import MueBenchError
+
+    refusals = []
+
+    def try_a_second_sweep(pid, ok):
+        if not refusals:
+            with pytest.raises(MueBenchError, match="another sweep") as err:
+                _fake_sweep(fake_spec)
+            refusals.append(str(err.value))
+
+    first = _fake_sweep(fake_spec, progress=Progress(point_done=try_a_second_sweep))
+    assert refusals and f"pid {os.getpid()}" in refusals[0] and "\n" not in refusals[0]
+    assert not fake_spec.results_path().with_suffix(".lock").exists()
+    (tmp_path / "alone").mkdir()
+    alone = _fake_sweep(load_spec(write_spec(tmp_path / "alone", shapes_root, random_checkpoint, "f", "entailment")))
+    pd.testing.assert_frame_equal(_comparable(first.points).drop(columns=["git_rev"]),
+                                  _comparable(alone.points).drop(columns=["git_rev"]), check_dtype=False)
+
+
+def test_a_lock_left_by_a_dead_sweep_is_taken_over_and_temp_files_of_a_killed_write_removed(fake_spec):
+    import json
+    import socket
+
+    results = fake_spec.results_path()
+    results.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    results.with_suffix(".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    leftover = results.parent / f".{results.name}.abc123.tmp"
+    leftover.write_bytes(b"torn")
+    out = _fake_sweep(fake_spec)
+    assert len(out.computed) == 5 and not leftover.exists()
+
+
+def test_results_files_respect_the_umask(fake_spec):
+    old = os.umask(0o022)
+    try:
+        _fake_sweep(fake_spec)
+    finally:
+        os.umask(old)
+    assert fake_spec.results_path().stat().st_mode & 0o777 == 0o644
+
+
+def test_an_output_dir_that_is_a_file_or_not_writable_is_refused_before_any_model_work(fake_spec, tmp_path):
+    from mue_bench.errors import SpecError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for folder, expected in ((blocker, "is a file"), (blocker / "below", "cannot be created")):
+        spec = fake_spec.model_copy(update={"output": fake_spec.output.model_copy(update={"dir": str(folder)})})
+        engine = FakeEngine()
+        with pytest.raises(SpecError, match=expected):
+            _fake_sweep(spec, engine)
+        assert engine.runs == []
+
+
+def test_when_every_point_fails_the_failures_are_written_and_nothing_crashes(fake_spec):
+    every = {p.point_id for p in fake_spec.points()}
+    out = _fake_sweep(fake_spec, FakeEngine(fail=every), SweepOptions(continue_on_error=True, meteor=False))
+    assert sorted(out.failed) == sorted(every)
+    points = pd.read_parquet(fake_spec.results_path())
+    assert (points["status"] == "failed").all() and len(points) == 5
+
+
+def test_ctrl_c_while_scoring_exits_130_within_seconds_and_the_rerun_resumes(tmp_path, shapes_root, random_checkpoint):
+    spec_file = write_spec(tmp_path, shapes_root, random_checkpoint, "s")
+    proc = subprocess.Popen([sys.executable, "-m", "mue_bench", "sweep", str(spec_file)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    for line in proc.stderr:  # its own log line says when scoring starts
+        if "scoring" in line or time.time() > deadline:
+            break
+    time.sleep(0.5)  # into the Java tokenizer or METEOR
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    assert proc.wait(timeout=30) == 130
+    assert time.time() - sent < 10
+    spec = load_spec(spec_file)
+    resumed = run_sweep(spec, SweepOptions(meteor=False))
+    assert resumed.computed == [] and len(resumed.reused) == 5
+    assert len(pd.read_parquet(spec.results_path())) == 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -84,8 +85,9 @@ def summary_table(points: pd.DataFrame, title: str) -> Table:
 
 def sweep_summary(outcome, spec) -> None:
     pts = outcome.points
-    console.print(summary_table(pts, f"{spec.name}: {len(pts)} points x {int(pts['n'].max())} samples "
-                                     f"({len(outcome.computed)} computed, {len(outcome.reused)} reused)"))
+    if (pts["status"] == "ok").any():
+        console.print(summary_table(pts, f"{spec.name}: {len(pts)} points x {int(pts['n'].max())} samples "
+                                         f"({len(outcome.computed)} computed, {len(outcome.reused)} reused)"))
     warnings = pts["timing_warning"].dropna().unique()
     if len(warnings):
         err_console.print(f"[yellow]warning:[/yellow] {warnings[0]}", highlight=False)
@@ -171,9 +173,41 @@ class _RichHooks:
         )
 
 
+class _LineHooks:
+    """Progress for a log or CI, where a bar would print nothing: one line per finished point on stderr."""
+
+    def __init__(self):
+        self.total, self.done, self.computed, self.started = 0, 0, 0, time.perf_counter()
+
+    def _say(self, text: str) -> None:
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def point_done(self, pid: str, ok: bool) -> None:
+        self.done, self.computed = self.done + 1, self.computed + 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.computed * (self.total - self.done)
+        self._say(f"[{self.done}/{self.total}] {pid} {'done' if ok else 'FAILED'}  elapsed {elapsed:.0f} s, "
+                  f"eta {eta:.0f} s")
+
+    def hooks(self):
+        from mue_bench.run.runner import Progress as Hooks
+
+        def start_points(total: int, done: int) -> None:
+            self.total, self.done = total, done
+            self._say(f"{total} grid points, {done} already done")
+
+        return Hooks(start_points=start_points, point_done=self.point_done,
+                     warming_up=lambda: self._say("warm-up (full model, untimed)"),
+                     scoring=lambda: self._say("scoring (pycocoevalcap)"),
+                     warn=lambda msg: self._say(f"warning: {msg}"))
+
+
 @contextmanager
 def progress() -> Iterator:
-    """A transient progress bar on stderr; yields the runner's progress hooks."""
+    """The runner's progress hooks: a transient bar in a terminal, one line per point in a log."""
+    if not err_console.is_terminal:
+        yield _LineHooks().hooks()
+        return
     bar = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True)
     with bar:

@@ -181,69 +181,74 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     timer = timer or DeviceTimer(device)
     torch.manual_seed(spec.run.seed)
     configs = {c.point_id: c for c in spec.points()}
-    store = SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh)
-    done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
-    # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
-    first_seen: dict = {}
-    for c in configs.values():
-        first_seen.setdefault(encoder_setting(c), len(first_seen))
-    todo = sorted((pid for pid in configs if pid not in done), key=lambda p: first_seen[encoder_setting(configs[p])])
-    engine, samples, batches = (load or prepare_inputs)(spec, device)
-    native = engine.native_encoder_mode
-    if native and any(c.encoder_mode != native for c in configs.values()):
-        progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
-                      f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
-                      f"function than the model was trained for (use {native!r} unless you mean it)")
-    enc, dec = engine.depth
-    deep = next((c.fixed_exit for c in configs.values() if c.fixed_exit and max(c.fixed_exit[:2]) > enc
-                 or c.fixed_exit and c.fixed_exit[2] > dec), None)
-    if deep is not None:
-        raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
-    if any(len(rows) != len(samples) for rows in done.values()):
-        raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
+    with SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh) as store:
+        engine, samples, batches = (load or prepare_inputs)(spec, device)
+        store.open()
+        done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
+        # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
+        first_seen: dict = {}
+        for c in configs.values():
+            first_seen.setdefault(encoder_setting(c), len(first_seen))
+        todo = sorted((pid for pid in configs if pid not in done),
+                      key=lambda p: first_seen[encoder_setting(configs[p])])
+        native = engine.native_encoder_mode
+        if native and any(c.encoder_mode != native for c in configs.values()):
+            progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
+                          f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
+                          f"function than the model was trained for (use {native!r} unless you mean it)")
+        enc, dec = engine.depth
+        deep = next((c.fixed_exit for c in configs.values() if c.fixed_exit and max(c.fixed_exit[:2]) > enc
+                     or c.fixed_exit and c.fixed_exit[2] > dec), None)
+        if deep is not None:
+            raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
+        if any(len(rows) != len(samples) for rows in done.values()):
+            raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
 
-    outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
-    progress.start_points(len(configs), len(done))
-    reuse = engine.grid_reuse() if spec.timing.batches else None
-    clock = PairClock()
-    if todo and spec.timing.warmup:
-        progress.warming_up()
-        outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
-    for pid in todo:
-        progress.start_point(pid, len(batches))
-        try:
-            rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
-                                              reuse, clock)
-            outcome.layer_executions += executions
-        except (KeyboardInterrupt, MueBenchError):
-            raise
-        except Exception as e:  # one failing point does not lose the grid, if asked
-            if not options.continue_on_error:
-                raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
-                                    "saved; --continue-on-error records failures and goes on)") from e
-            store.save_failure(pid, e)
-            outcome.failed.append(pid)
-            progress.point_done(pid, False)
-            continue
-        store.save_point(pid, rows)
-        done[pid] = rows
-        outcome.computed.append(pid)
-        progress.point_done(pid, True)
+        outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
+        progress.start_points(len(configs), len(done))
+        reuse = engine.grid_reuse() if spec.timing.batches else None
+        clock = PairClock()
+        if todo and spec.timing.warmup:
+            progress.warming_up()
+            outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
+        for pid in todo:
+            progress.start_point(pid, len(batches))
+            try:
+                rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
+                                                  reuse, clock)
+                outcome.layer_executions += executions
+            except (KeyboardInterrupt, MueBenchError):
+                raise
+            except Exception as e:  # one failing point does not lose the grid, if asked
+                if not options.continue_on_error:
+                    raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
+                                        "saved; --continue-on-error records failures and goes on)") from e
+                store.save_failure(pid, e)
+                outcome.failed.append(pid)
+                progress.point_done(pid, False)
+                continue
+            store.save_point(pid, rows)
+            done[pid] = rows
+            outcome.computed.append(pid)
+            progress.point_done(pid, True)
 
-    progress.scoring()
-    raw = pd.concat([done[pid] for pid in configs if pid in done], ignore_index=True)
-    raw["sample_id"] = raw["sample_index"].map(lambda i: samples[i].sample_id)
-    scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
-    points = summarise(scored, configs, spec.data.task, corpus)
-    failures = store.failures()
-    if failures:
-        points = pd.concat([points, failed_rows(failures, configs)], ignore_index=True)
-    for key, value in provenance(spec, device, uuid.uuid4().hex[:12]).items():
-        points[key] = value
-    points = conform(points, POINTS_SCHEMA)
-    scored = conform(scored, SAMPLES_SCHEMA)
-    store.finish(scored, points, keep_parts=bool(failures))
-    outcome.points, outcome.samples = points, scored
-    outcome.failed = sorted(set(outcome.failed) | set(failures))
-    outcome.wall_s, outcome.reference_s = time.perf_counter() - started, clock.reference_s
+        progress.scoring()
+        if done:
+            raw = pd.concat([done[pid] for pid in configs if pid in done], ignore_index=True)
+            raw["sample_id"] = raw["sample_index"].map(lambda i: samples[i].sample_id)
+            scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
+            points = summarise(scored, configs, spec.data.task, corpus)
+        else:  # every point failed: the results hold their failure records only
+            scored, points = pd.DataFrame(columns=SAMPLES_SCHEMA.names), pd.DataFrame(columns=["point_id"])
+        failures = store.failures()
+        if failures:
+            points = pd.concat([points, failed_rows(failures, configs)], ignore_index=True)
+        for key, value in provenance(spec, device, uuid.uuid4().hex[:12]).items():
+            points[key] = value
+        points = conform(points, POINTS_SCHEMA)
+        scored = conform(scored, SAMPLES_SCHEMA)
+        store.finish(scored, points, keep_parts=bool(failures))
+        outcome.points, outcome.samples = points, scored
+        outcome.failed = sorted(set(outcome.failed) | set(failures))
+        outcome.wall_s, outcome.reference_s = time.perf_counter() - started, clock.reference_s
     return outcome

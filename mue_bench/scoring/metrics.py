@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,15 @@ def tokenize_grid(predictions: Mapping[str, Sequence[str]], references: Sequence
     return gts, {point: {i: tokens[f"{point}\x00{i}"] for i in range(n)} for point in predictions}
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when its parent dies (a no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _memo_meteor_class():
     from pycocoevalcap.meteor import meteor
     from pycocoevalcap.meteor.meteor import METEOR_JAR, Meteor
@@ -76,15 +85,15 @@ def _memo_meteor_class():
         corpus scores are exactly the library's; the Java process aligns each distinct pair once."""
 
         def __init__(self, paraphrases: Path | None = None) -> None:
-            if paraphrases is None:
-                super().__init__()
-            else:  # the library's own command, with `-a` pointing METEOR at another paraphrase table
-                self.meteor_cmd = ["java", "-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en",
-                                   "-norm", "-a", str(paraphrases)]
-                self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=Path(meteor.__file__).parent,
-                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE)
-                self.lock = threading.Lock()
+            # The library's own command (with `-a`, another paraphrase table), started here rather than by the
+            # library so that the Java child dies with this process, even when this one is killed outright.
+            self.meteor_cmd = ["java", "-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+            if paraphrases is not None:
+                self.meteor_cmd += ["-a", str(paraphrases)]
+            self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=Path(meteor.__file__).parent,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             preexec_fn=_die_with_parent)
+            self.lock = threading.Lock()
             self.stats: dict[tuple[str, tuple[str, ...]], str] = {}
 
         def _stat(self, hypothesis_str: str, reference_list: list[str]) -> str:
@@ -94,10 +103,16 @@ def _memo_meteor_class():
             return self.stats[key]
 
         def close(self) -> None:
-            with self.lock:
+            # Never wait for the lock: a call that failed inside the library (its Java child died, or Ctrl-C
+            # landed) still holds it. Killing the child also ends a worker thread blocked on its output.
+            self.meteor_p.kill()
+            with contextlib.suppress(OSError):
                 self.meteor_p.stdin.close()
-                self.meteor_p.kill()
-                self.meteor_p.wait()
+            self.meteor_p.wait(timeout=10)
+
+        def __del__(self) -> None:  # the library's waits for the lock, for ever if a failed call holds it
+            with contextlib.suppress(Exception):
+                self.close()
 
     return MemoMeteor
 
@@ -136,21 +151,56 @@ def score_tokenized(gts: Tokens, res_by_point: Mapping[str, Tokens], meteor: Any
             corpus, per_sample = corpus[index], per_sample[index]
         return {name: float(corpus), name + "_per_sample": np.asarray(per_sample, float)}
 
-    def all_meteor() -> dict[str, dict[str, float | np.ndarray]]:
-        scorer = meteor() if callable(meteor) else meteor
-        return {point: per_metric("meteor", scorer, res) for point, res in res_by_point.items()}
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        meteor_scores = pool.submit(all_meteor) if meteor is not None else None
+    worker = _MeteorWorker(meteor, lambda scorer: {point: per_metric("meteor", scorer, res)
+                                                   for point, res in res_by_point.items()})
+    try:
         out: dict[str, dict[str, float | np.ndarray]] = {}
         for point, res in res_by_point.items():
             with _quiet():
                 out[point] = {**per_metric("cider", Cider(), res), **per_metric("bleu4", Bleu(4), res, 3),
                               **per_metric("rouge_l", Rouge(), res)}
-        if meteor_scores is not None:
-            for point, scores in meteor_scores.result().items():
-                out[point].update(scores)
+        for point, scores in worker.result().items():
+            out[point].update(scores)
+    except BaseException:
+        worker.abandon()  # Ctrl-C or a failure: end the Java child now rather than wait for its work
+        raise
     return out
+
+
+class _MeteorWorker:
+    """METEOR scoring in a daemon thread, so that an interrupt never waits for it: `abandon` kills its Java
+    process (ending the thread's blocked read) and the interpreter does not join the thread at exit."""
+
+    def __init__(self, meteor: Any, score: Any):
+        self.scorer: Any = None
+        self.outcome: dict[str, Any] = {}
+        if meteor is None:
+            self.thread = None
+            return
+
+        def run() -> None:
+            try:
+                self.scorer = meteor() if callable(meteor) else meteor
+                self.outcome["value"] = score(self.scorer)
+            except BaseException as e:  # handed to the caller by result()
+                self.outcome["error"] = e
+
+        self.thread = threading.Thread(target=run, name="meteor", daemon=True)
+        self.thread.start()
+
+    def result(self) -> dict:
+        if self.thread is None:
+            return {}
+        while self.thread.is_alive():
+            self.thread.join(0.1)  # short waits keep the main thread responsive to Ctrl-C
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["value"]
+
+    def abandon(self) -> None:
+        if self.scorer is not None:
+            with contextlib.suppress(Exception):
+                self.scorer.close()
 
 
 def score_grid(predictions: Mapping[str, Sequence[str]], references: Sequence[Sequence[str]], meteor: bool = True,
