@@ -1,10 +1,13 @@
 """Running a sweep: load once, evaluate every grid point, score the whole grid at once, write records.
 
 Shape: the model and the data are loaded once and every input is pre-processed before any timing.
-Each point is warmed up, then timed over `repeats` passes of model work only (the full model, the shared
-reference of every time saving, over at least `reference_repeats`); its per-sample rows are
-written as soon as it finishes, so an interrupted sweep loses at most the point in flight. Scoring
-happens once at the end for all points (one Java process for tokenizing, one for METEOR).
+Each point is warmed up, then timed over `repeats` passes of model work only, every timed run paired with
+a full-model run of the same batch, back to back and in alternating order (scoring/paired.py turns the
+pairs into time savings with intervals); the full model's own row is timed `reference_repeats` times. A
+point's per-sample rows are written as soon as it finishes, so an interrupted sweep loses at most the point
+in flight. Scoring happens once at the end for all points (one Java process for tokenizing, one for METEOR).
+The runner drives an `Engine` and a `Timer` it is given, so tests run it on a fake model and a scripted
+clock.
 """
 
 from __future__ import annotations
