@@ -15,6 +15,7 @@ import pytest
 
 from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA
 from mue_bench.run.runner import Progress, SweepOptions, run_sweep
+from mue_bench.scoring.paired import paired_saving, pairs_of
 from mue_bench.spec import load_spec
 from tests.fakes import FakeEngine, FakeTimer, fake_loader
 
@@ -98,6 +99,9 @@ def test_every_metric_can_be_recomputed_from_the_samples_file(spec_path):
             assert p.n_pairs == len(point_s) == len(batches)
             assert p.time_savings == pytest.approx(1 - np.median(point_s / ref_s))
             assert p.time_savings_lo <= p.time_savings <= p.time_savings_hi
+            again = paired_saving(pairs_of(rows))  # the interval too, from the file's pair times alone
+            assert (p.time_savings_lo, p.time_savings_hi) == pytest.approx((again.lo, again.hi))
+            assert p.realization_lo == pytest.approx(again.lo / p.flop_savings)
             assert p.realization == pytest.approx(p.time_savings / p.flop_savings)
             assert p.wall_full_s == pytest.approx(np.mean([np.median(r) for r in rows["pair_ref_s"]]) * len(rows)
                                                   / 2)  # batches of 2: each sample's share is half its batch's
