@@ -86,6 +86,10 @@ def parse_checkpoint(family: str, text: str) -> Checkpoint:
         return Checkpoint("builtin", text)
     folder = Path(text).expanduser()
     if folder.is_dir():
+        missing = [n for n in ("config.json", "model.safetensors") if not (folder / n).is_file()]
+        if family == "mue-tiny" and missing:
+            hint = " (mue-tiny checkpoints are safetensors)" if (folder / "pytorch_model.bin").is_file() else ""
+            raise ValueError(f"folder {text} has no {' or '.join(missing)}{hint}")
         return Checkpoint("folder", str(folder))
     if folder.exists():
         raise ValueError(f"{text} is a file; give the checkpoint folder that holds it")

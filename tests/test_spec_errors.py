@@ -179,3 +179,46 @@ def test_a_device_this_machine_cannot_give_is_bad_input(device):
 
     with pytest.raises(SpecError):
         resolve_device(device)
+
+
+def _damage_truncated(d):
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def _damage_config(d):
+    (d / "config.json").write_text("{not json")
+
+
+def _damage_shapes(d):
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(cfg | {"d_ff": cfg["d_ff"] * 2}))
+
+
+def _damage_bin_only(d):
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+
+
+DAMAGED_CHECKPOINTS = {
+    "truncated safetensors": (_damage_truncated, "model.safetensors: not a readable safetensors file"),
+    "malformed config.json": (_damage_config, "config.json: not a mue-tiny config"),
+    "shapes that do not match the config": (_damage_shapes, "has shape"),
+    "a pytorch_model.bin only": (_damage_bin_only, "has no model.safetensors (mue-tiny checkpoints are safetensors)"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_CHECKPOINTS, ids=list(DAMAGED_CHECKPOINTS))
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(case, tmp_path, shapes_root, random_checkpoint):
+    import shutil
+
+    damage, expected = DAMAGED_CHECKPOINTS[case]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(random_checkpoint, ckpt)
+    damage(ckpt)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data-root", str(shapes_root), "--limit", "1",
+                                 "--task", "entailment"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and expected in result.output.replace("\n", "") and "Traceback" not in result.output

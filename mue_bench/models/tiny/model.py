@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import SpecError
 from mue_bench.mue.search import DecodingConfig, generate
 
 
@@ -48,12 +48,12 @@ class TinyConfig:
 
     def __post_init__(self) -> None:
         if self.stem_channels and self.patch_size % 2:
-            raise MueBenchError(f"stem_channels needs an even patch_size (the stem halves the image), "
+            raise SpecError(f"stem_channels needs an even patch_size (the stem halves the image), "
                                 f"got {self.patch_size}")
         if self.image_positions not in ("learned", "sincos"):
-            raise MueBenchError(f"image_positions must be 'learned' or 'sincos', got {self.image_positions!r}")
+            raise SpecError(f"image_positions must be 'learned' or 'sincos', got {self.image_positions!r}")
         if self.image_positions == "sincos" and self.d_model % 4:
-            raise MueBenchError(f"image_positions 'sincos' needs d_model divisible by 4, got {self.d_model}")
+            raise SpecError(f"image_positions 'sincos' needs d_model divisible by 4, got {self.d_model}")
 
     @property
     def n_patches(self) -> int:
@@ -249,11 +249,29 @@ class TinyOFA(nn.Module):
         weights, config = directory / "model.safetensors", directory / "config.json"
         for f in (weights, config):
             if not f.is_file():
-                raise MueBenchError(f"checkpoint file not found: {f}")
+                hint = " (a pytorch_model.bin? mue-tiny checkpoints are safetensors)" if f == weights else ""
+                raise SpecError(f"checkpoint file not found: {f}{hint}")
         fields = TinyConfig.__dataclass_fields__
-        cfg = TinyConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in fields})
+        try:
+            cfg = TinyConfig(**{k: v for k, v in json.loads(config.read_text()).items() if k in fields})
+        except (ValueError, TypeError, AttributeError, SpecError) as e:
+            raise SpecError(f"{config}: not a mue-tiny config ({str(e).splitlines()[0]})") from None
         model = cls(cfg)
-        model.load_state_dict(load_file(str(weights)))
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors' own error types: a torn or foreign file
+            raise SpecError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        expected = model.state_dict()
+        for name, tensor in expected.items():
+            if name not in state:
+                raise SpecError(f"{weights}: no tensor {name}, which {config.name} needs")
+            if state[name].shape != tensor.shape:
+                raise SpecError(f"{weights}: {name} has shape {tuple(state[name].shape)}, {config.name} says "
+                                f"{tuple(tensor.shape)}")
+        unexpected = sorted(set(state) - set(expected))
+        if unexpected:
+            raise SpecError(f"{weights}: tensor {unexpected[0]} is not part of this model ({config.name})")
+        model.load_state_dict(state)
         return model.eval()
 
 
