@@ -280,3 +280,13 @@ def test_the_kv_cache_goes_by_the_name_the_installed_transformers_takes():
 
     assert cache_kwarg(new_style, "kv") == {"cache": "kv"}
     assert cache_kwarg(old_style, "kv") == {"past_key_values": "kv"}
+
+
+def test_a_transformers_checkpoint_folder_that_does_not_load_is_bad_input(tmp_path):
+    from mue_bench.errors import SpecError
+    from mue_bench.models.hf.florence2 import Florence2Adapter
+    from mue_bench.spec import Checkpoint
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SpecError, match="cannot load Florence2ForConditionalGeneration"):
+        Florence2Adapter.load(Checkpoint("folder", str(tmp_path)))

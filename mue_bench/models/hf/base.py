@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mue_bench.data.loaders import Sample
-from mue_bench.errors import MueBenchError
+from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.mue.adapter import ExitAdapter
 from mue_bench.mue.cost import counted_flops
 from mue_bench.mue.search import DecodingConfig
@@ -136,7 +136,7 @@ class HFAdapterBase(ExitAdapter):
             processor = None if local_inputs.is_file() else AutoProcessor.from_pretrained(
                 ref, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise MueBenchError(f"model.checkpoint {ref!r}: cannot load {cls.model_class} "
+            raise SpecError(f"model.checkpoint {ref!r}: cannot load {cls.model_class} "
                                 f"({str(e).splitlines()[0]})") from None
         adapter = cls(model, processor)
         if local_inputs.is_file():
