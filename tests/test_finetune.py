@@ -73,19 +73,14 @@ def test_bad_finetune_config_is_one_line(tmp_path, shapes_root):
 
 @pytest.mark.parametrize("family", ["florence2", "t5gemma2"])
 def test_the_shared_loss_is_the_mean_token_nll_of_each_layers_log_probs(family, shapes_root):
-    """With token weighting the shared loss is what fine-tuning minimised before it was shared with the
-    built-in model: the mean over target tokens of each layer's negative log-likelihood."""
+    """With token weighting the one layer-wise loss is, for a transformers model, the mean over target tokens
+    of each layer's negative log-likelihood under its log-probs."""
     import torch.nn.functional as F
 
-    from mue_bench.models.hf import florence2, t5gemma2
     from mue_bench.training.loop import layer_losses
 
-    make = florence2.random_florence2 if family == "florence2" else t5gemma2.random_t5gemma2
-    adapter = make("tiny", seed=1)
-    batch = adapter.prepare(_samples(shapes_root) * 2)
-    labels = adapter.target_ids(["a red circle", "two blue squares left of a circle"], 8)
+    adapter, batch, labels, states = _teacher_forced(family, shapes_root)
     with torch.no_grad():
-        states = adapter.decoder_states(batch, labels)
         got = layer_losses(adapter.logprobs, states, labels, adapter.pad_id, "layerwise")
     want = torch.stack([F.nll_loss(adapter.logprobs(h).transpose(1, 2), labels, ignore_index=adapter.pad_id)
                         for h in states])
@@ -96,6 +91,18 @@ def test_the_shared_loss_is_the_mean_token_nll_of_each_layers_log_probs(family, 
 def test_the_last_layer_state_through_the_exit_head_is_the_models_own_prediction(family, shapes_root):
     """The layer-wise loss reads each decoder layer's output and applies the exit head (norm, head, softcap);
     for the last layer that must be exactly the model's own teacher-forced distribution."""
+    adapter, batch, labels, states = _teacher_forced(family, shapes_root)
+    with torch.no_grad():
+        dec_in = adapter.decoder_inputs(labels)
+        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               pixel_values=batch.pixel_values, decoder_input_ids=dec_in, use_cache=False).logits
+    assert len(states) == adapter.n_dec_layers
+    torch.testing.assert_close(adapter.logprobs(states[-1]), logits.float().log_softmax(-1), rtol=1e-4, atol=1e-4)
+
+
+def _teacher_forced(family: str, shapes_root):
+    """A tiny random model of the family, a padded batch of two samples, their labels and every decoder layer's
+    teacher-forced states."""
     from mue_bench.models.hf import florence2, t5gemma2
 
     make = florence2.random_florence2 if family == "florence2" else t5gemma2.random_t5gemma2
@@ -104,8 +111,4 @@ def test_the_last_layer_state_through_the_exit_head_is_the_models_own_prediction
     labels = adapter.target_ids(["a red circle", "two blue squares left of a circle"], 8)
     with torch.no_grad():
         states = adapter.decoder_states(batch, labels)
-        dec_in = adapter.decoder_inputs(labels)
-        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               pixel_values=batch.pixel_values, decoder_input_ids=dec_in, use_cache=False).logits
-    assert len(states) == adapter.n_dec_layers
-    torch.testing.assert_close(adapter.logprobs(states[-1]), logits.float().log_softmax(-1), rtol=1e-4, atol=1e-4)
+    return adapter, batch, labels, states

@@ -200,8 +200,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
                           f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
                           f"function than the model was trained for (use {native!r} unless you mean it)")
         enc, dec = engine.depth
-        deep = next((c.fixed_exit for c in configs.values() if c.fixed_exit and max(c.fixed_exit[:2]) > enc
-                     or c.fixed_exit and c.fixed_exit[2] > dec), None)
+        deep = next((c.fixed_exit for c in configs.values()
+                     if c.fixed_exit and (max(c.fixed_exit[:2]) > enc or c.fixed_exit[2] > dec)), None)
         if deep is not None:
             raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
         if any(len(rows) != len(samples) for rows in done.values()):
