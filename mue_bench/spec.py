@@ -155,6 +155,18 @@ class DecodingSpec(_Strict):
     max_len: int = Field(default=16, ge=1, le=256)
     no_repeat_ngram: int = Field(default=0, ge=0)
     ignore_eos: bool = False  # always generate max_len tokens (speed benchmarks on random weights)
+    # A closed answer set (e.g. ["yes", "no", "maybe"]): the decoder may only emit one of these, as OFA
+    # scores SNLI-VE. Empty: free generation.
+    answers: tuple[str, ...] = ()
+
+    @field_validator("answers")
+    @classmethod
+    def _answers_distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not a.strip() for a in v):
+            raise ValueError("an answer is empty; list the words the decoder may emit, e.g. [\"yes\", \"no\"]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"answers repeat: {list(v)}; list each once")
+        return v
 
 
 # More thresholds than this in one range is a typo in `step` (a grid of them would never finish).

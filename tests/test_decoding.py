@@ -1,5 +1,6 @@
 """Greedy and beam search over a scripted stepper."""
 
+import pytest
 import torch
 
 from mue_bench.mue.search import DecodingConfig, generate
@@ -49,3 +50,27 @@ def test_no_repeat_ngram_blocks_a_repeated_bigram():
 def test_max_len_cuts_generation():
     table = {BOS: {3: 1.0}, 3: {3: 1.0}}
     assert generate(Scripted(table), 1, DecodingConfig(BOS, EOS, PAD, max_len=4), torch.device("cpu")) == [[3] * 4]
+
+
+def test_answers_restrict_the_search_to_the_answer_trie():
+    # Unconstrained, greedy would say 5; the answers are [3, EOS] and [4, 3, EOS].
+    table = {BOS: {5: 0.5, 4: 0.3, 3: 0.2}, 4: {5: 0.9, 3: 0.1}, 3: {5: 0.8, EOS: 0.2}}
+    answers = ((3, EOS), (4, 3, EOS))
+    for beams in (1, 2):
+        cfg = DecodingConfig(BOS, EOS, PAD, num_beams=beams, max_len=6, answers=answers)
+        (out,) = generate(Scripted(table), 1, cfg, torch.device("cpu"))
+        assert tuple(out) in answers
+    greedy = DecodingConfig(BOS, EOS, PAD, max_len=6, answers=answers)
+    assert generate(Scripted(table), 1, greedy, torch.device("cpu")) == [[4, 3, EOS]]
+
+
+def test_answer_constraint_renormalises_over_the_allowed_tokens():
+    from mue_bench.mue.search import _keep_answers
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    lp = logits.log_softmax(-1)
+    _keep_answers(lp, [[BOS]], ((1,), (3,)), [0])
+    # OFA masks the logits, then takes the softmax: the same numbers.
+    expected = logits.masked_fill(torch.tensor([[True, False, True, False]]), float("-inf")).log_softmax(-1)
+    assert torch.allclose(lp, expected)
+    assert lp[0, [1, 3]].exp().sum().item() == pytest.approx(1.0)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mue_bench.errors import SpecError
 from mue_bench.mue.cache import KV, KVCache
 from mue_bench.mue.cost import LayerDims
 from mue_bench.mue.search import DecodingConfig
@@ -61,6 +62,11 @@ class ExitAdapter(Protocol):
                  ) -> DecodingConfig:
         """The search settings with this model's special tokens."""
         ...
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        """An answer's token ids as the decoder emits it, ending with EOS (for `DecodingConfig.answers`)."""
+        raise SpecError(f"decoding.answers: the {type(self).__name__} family cannot restrict its answers; "
+                        "remove decoding.answers")
 
     def input_flops(self, batch: Any) -> float:
         """FLOPs per sample of work no exit can skip (e.g. a vision tower), counted in every point's FLOPs so

@@ -42,6 +42,10 @@ class DecodingConfig:
     # output lengths would otherwise differ between grid points and distort every saving.
     ignore_eos: bool = False
     extra_eos: tuple[int, ...] = ()  # further ids that end a sequence (a generation config's eos list)
+    # Closed-set answers (SNLI-VE's yes / no / maybe): each a token sequence ending with EOS. When given, a
+    # row may only continue one of them, and each step's log-probs are renormalised over what it may emit,
+    # as OFA masks the logits to its answer trie before the softmax (utils/eval_utils.py, eval_snli_ve).
+    answers: tuple[tuple[int, ...], ...] = ()
 
     @property
     def eos(self) -> tuple[int, ...]:
@@ -62,10 +66,30 @@ def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: li
             logprobs[r, banned] = float("-inf")
 
 
+def _allowed_next(answers: tuple[tuple[int, ...], ...], generated: list[int]) -> list[int]:
+    """The tokens that continue `generated` towards one of the answers (none once it left them all)."""
+    n = len(generated)
+    return sorted({a[n] for a in answers if len(a) > n and list(a[:n]) == generated})
+
+
+def _keep_answers(logprobs: torch.Tensor, seqs: list[list[int]], answers: tuple[tuple[int, ...], ...],
+                  rows: list[int]) -> None:
+    """Mask every token off the answer trie and renormalise, which equals a softmax over the allowed logits."""
+    for r in rows:
+        allowed = _allowed_next(answers, seqs[r][1:])
+        keep = torch.full_like(logprobs[r], float("-inf"))
+        if allowed:
+            keep[allowed] = logprobs[r, allowed]
+            keep[allowed] -= torch.logsumexp(keep[allowed], 0)
+        logprobs[r] = keep
+
+
 def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int]) -> None:
     _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, rows)
     if cfg.ignore_eos:
         logprobs[:, list(cfg.eos)] = float("-inf")
+    if cfg.answers:
+        _keep_answers(logprobs, seqs, cfg.answers, rows)
 
 
 def _is_eos(tokens: torch.Tensor, cfg: DecodingConfig) -> torch.Tensor:

@@ -5,6 +5,7 @@ Sweeps and grid calibration share it, so both see exactly the same batches."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     samples = load_samples(spec.data)
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype)
-    engine = Engine(adapter, adapter.decoding(**spec.decoding.model_dump()))
+    decoding = adapter.decoding(**spec.decoding.model_dump(exclude={"answers"}))
+    if spec.decoding.answers:
+        decoding = replace(decoding, answers=tuple(adapter.answer_ids(a) for a in spec.decoding.answers))
+    engine = Engine(adapter, decoding)
     batches = [engine.prepare(chunk).to(device) for chunk in batched(samples, spec.run.batch_size)]
     return engine, samples, batches
 

@@ -55,6 +55,12 @@ class TinyAdapter(ExitAdapter):
         return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
                               ignore_eos=ignore_eos)
 
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        ids = self.tokenizer.encode(answer)
+        if self.tokenizer.unk_id in ids:
+            raise SpecError(f"decoding.answers: {answer!r} has words outside the model's vocabulary")
+        return tuple(ids)
+
     def reference_generate(self, batch: TinyBatch, decoding: DecodingConfig) -> list[list[int]]:
         """The model's own generation, untouched by the engine."""
         return self.model.generate(batch.images, batch.ids, batch.mask, decoding)
