@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -127,6 +128,101 @@ POINTS_SCHEMA = pa.schema([
     ("git_rev", pa.string()),
     ("created_at", pa.string()),
 ])
+
+
+# Typed rows: the runner and summarise build these, so a misspelt or missing field fails where the row is made
+# (slots refuse an unknown attribute), not as an empty column on disk. Their fields are the schemas' names,
+# in order (tested); scores and provenance are added to the frames as columns and checked by `conform`.
+@dataclass(slots=True, kw_only=True)
+class SampleRow:
+    point_id: str
+    sample_index: int
+    sample_id: str | None
+    batch_index: int
+    prediction: str
+    tokens: list[int]
+    enc_img_layers: int
+    enc_txt_layers: int
+    dec_layers: list[int]
+    layers_used: int
+    flops: float
+    latency_s: float
+    pair_s: list[float]
+    pair_ref_s: list[float]
+    pair_ref_first: list[bool]
+    pair_at: list[float]
+    peak_mem_bytes: int | None
+    enc_img_sims: list[float]
+    enc_txt_sims: list[float]
+    dec_sims: list[list[float]]
+
+
+@dataclass(slots=True, kw_only=True)
+class PointRow:
+    """A point's measured and derived columns (POINTS_SCHEMA less provenance); None where not known (a failed
+    point, or one whose full model failed)."""
+
+    point_id: str
+    reference_id: str
+    status: str
+    error: str | None = None
+    is_full: bool
+    tau_img: float
+    tau_txt: float
+    tau_dec: float
+    encoder_mode: str
+    kv_fill: str
+    dec_schedule: str
+    fixed_exit: list[int] | None = None
+    n: int | None = None
+    n_timed: int | None = None
+    enc_img_layers: float | None = None
+    enc_txt_layers: float | None = None
+    dec_layers: float | None = None
+    layers_used: int | None = None
+    layers_full: int | None = None
+    layer_savings: float | None = None
+    flops_used: float | None = None
+    flops_full: float | None = None
+    flop_savings: float | None = None
+    wall_s: float | None = None
+    wall_full_s: float | None = None
+    time_savings: float | None = None
+    time_savings_lo: float | None = None
+    time_savings_hi: float | None = None
+    n_pairs: int | None = None
+    realization: float | None = None
+    realization_lo: float | None = None
+    realization_hi: float | None = None
+    timing_warning: str | None = None
+    latency_p50_s: float | None = None
+    latency_p90_s: float | None = None
+    peak_mem_bytes: int | None = None
+    quality_metric: str | None = None
+    quality: float | None = None
+    quality_full: float | None = None
+    quality_rel: float | None = None
+    cider: float | None = None
+    bleu4: float | None = None
+    meteor: float | None = None
+    rouge_l: float | None = None
+    accuracy: float | None = None
+    consistency: float | None = None
+
+
+def _frame(rows: list, row_type: type, schema: pa.Schema) -> pd.DataFrame:
+    names = [f.name for f in fields(row_type)]
+    return conform(pd.DataFrame([[getattr(r, n) for n in names] for r in rows], columns=names), schema)
+
+
+def sample_frame(rows: list[SampleRow]) -> pd.DataFrame:
+    """Raw per-sample rows as a frame in RAW_SAMPLES_SCHEMA's order."""
+    return _frame(rows, SampleRow, RAW_SAMPLES_SCHEMA)
+
+
+def point_frame(rows: list[PointRow]) -> pd.DataFrame:
+    """Point rows as a frame in POINTS_SCHEMA's order (provenance columns empty until the runner fills them)."""
+    return _frame(rows, PointRow, POINTS_SCHEMA)
 
 
 def samples_path_for(results: Path) -> Path:

@@ -60,3 +60,27 @@ def test_a_missing_or_unreadable_results_file_is_bad_input(content, tmp_path):
         path.write_bytes(content)
     result = runner.invoke(app, ["pick", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output and str(path) in result.output.replace("\n", "")
+
+
+def test_typed_rows_have_the_schemas_fields_in_order():
+    from dataclasses import fields
+
+    from mue_bench.results import POINTS_SCHEMA, RAW_SAMPLES_SCHEMA, PointRow, SampleRow
+
+    assert [f.name for f in fields(SampleRow)] == RAW_SAMPLES_SCHEMA.names
+    provenance = POINTS_SCHEMA.names[POINTS_SCHEMA.names.index("run_id"):]
+    assert [f.name for f in fields(PointRow)] + provenance == POINTS_SCHEMA.names
+
+
+def test_a_misspelt_field_fails_where_the_row_is_made():
+    import pytest
+
+    from mue_bench.results import PointRow
+
+    row = PointRow(point_id="p", reference_id="p", status="ok", is_full=True, tau_img=2.0, tau_txt=2.0, tau_dec=2.0,
+                   encoder_mode="split", kv_fill="copy", dec_schedule="constant")
+    with pytest.raises(AttributeError):
+        row.layer_saving = 0.5  # layer_savings
+    with pytest.raises(TypeError):
+        PointRow(point_id="p", reference_id="p", status="ok", is_full=True, tau_img=2.0, tau_txt=2.0, tau_dec=2.0,
+                 encoder_mode="split", kv_fill="copy", dec_schedule="constant", qualty=1.0)

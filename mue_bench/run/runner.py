@@ -26,7 +26,7 @@ from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
-from mue_bench.results import POINTS_SCHEMA, RAW_SAMPLES_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
+from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SampleRow, SweepStore, conform, sample_frame
 from mue_bench.run.prepare import Loader, prepare_inputs
 from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import DeviceTimer, Timer
@@ -132,23 +132,24 @@ def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSp
     if reuse is not None:
         executions += reuse.take_executions()
     pid = cfg.point_id
-    rows, index = [], 0
+    rows: list[SampleRow] = []
+    index = 0
     for b, res in enumerate(results):
         share = median(times[b]) / len(res.samples) if b < n_timed else float("nan")
         batch_pairs = pairs[b] if b < n_timed else []
         for s in res.samples:
-            rows.append({
-                "point_id": pid, "sample_index": index, "sample_id": None, "batch_index": b,
-                "prediction": engine.text(s.tokens), "tokens": s.tokens,
-                "enc_img_layers": s.enc_img_layers, "enc_txt_layers": s.enc_txt_layers,
-                "dec_layers": s.dec_layers, "layers_used": s.layers_used, "flops": s.flops,
-                "latency_s": share, "peak_mem_bytes": mem if index < first else None,
-                "pair_s": [p["point_s"] for p in batch_pairs], "pair_ref_s": [p["ref_s"] for p in batch_pairs],
-                "pair_ref_first": [p["ref_first"] for p in batch_pairs], "pair_at": [p["at"] for p in batch_pairs],
-                "enc_img_sims": s.enc_img_sims, "enc_txt_sims": s.enc_txt_sims, "dec_sims": s.dec_sims,
-            })
+            rows.append(SampleRow(
+                point_id=pid, sample_index=index, sample_id=None, batch_index=b,
+                prediction=engine.text(s.tokens), tokens=s.tokens,
+                enc_img_layers=s.enc_img_layers, enc_txt_layers=s.enc_txt_layers,
+                dec_layers=s.dec_layers, layers_used=s.layers_used, flops=s.flops,
+                latency_s=share, peak_mem_bytes=mem if index < first else None,
+                pair_s=[p["point_s"] for p in batch_pairs], pair_ref_s=[p["ref_s"] for p in batch_pairs],
+                pair_ref_first=[p["ref_first"] for p in batch_pairs], pair_at=[p["at"] for p in batch_pairs],
+                enc_img_sims=s.enc_img_sims, enc_txt_sims=s.enc_txt_sims, dec_sims=s.dec_sims,
+            ))
             index += 1
-    return conform(pd.DataFrame(rows), RAW_SAMPLES_SCHEMA), executions
+    return sample_frame(rows), executions
 
 
 def warm_up(engine: Engine, batches: list, encoder_mode: str, spec: SweepSpec) -> int:

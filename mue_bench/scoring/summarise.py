@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mue_bench.mue.config import ExitConfig
+from mue_bench.results import PointRow, point_frame
 from mue_bench.scoring.paired import (
     PairedSaving,
     Pairs,
@@ -86,38 +87,33 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
         if pid not in stats:
             continue
         s, ref = stats[pid], stats.get(cfg.reference_id)
-        row = {
-            "point_id": pid, "reference_id": cfg.reference_id, "status": "ok", "error": None, "is_full": cfg.is_full,
-            "tau_img": cfg.tau_img, "tau_txt": cfg.tau_txt, "tau_dec": cfg.tau_dec,
-            "encoder_mode": cfg.encoder_mode, "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule,
-            "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None, **s,
-            "bleu4": corpus.get(pid, {}).get("bleu4"), "meteor": corpus.get(pid, {}).get("meteor"),
-            "quality_metric": metric, "quality": s[metric],
-        }
+        row = PointRow(**_identity(pid, cfg), status="ok", **s, quality_metric=metric, quality=s[metric],
+                       bleu4=corpus.get(pid, {}).get("bleu4"), meteor=corpus.get(pid, {}).get("meteor"))
         if task != "caption":
-            for k in ("cider", "rouge_l", "bleu4", "meteor"):
-                row[k] = None
+            row.cider = row.rouge_l = row.bleu4 = row.meteor = None
         else:
-            row["accuracy"] = None
-        if ref is None:  # reference failed: savings unknown
-            row.update(layers_full=None, flops_full=None, wall_full_s=None, quality_full=None)
-        else:
-            row.update(layers_full=ref["layers_used"], flops_full=ref["flops_used"], quality_full=ref[metric])
-            row["layer_savings"] = _ratio_saving(s["layers_used"], ref["layers_used"])
-            row["flop_savings"] = _ratio_saving(s["flops_used"], ref["flops_used"])
-            row["quality_rel"] = s[metric] / ref[metric] if ref[metric] else float("nan")
-            row.update(_time_columns(cfg, s, ref, groups[pid], pairs[pid], row["flop_savings"]))
-        row["timing_warning"] = warning
+            row.accuracy = None
+        if ref is not None:  # else the reference failed: savings unknown
+            row.layers_full, row.flops_full, row.quality_full = ref["layers_used"], ref["flops_used"], ref[metric]
+            row.layer_savings = _ratio_saving(s["layers_used"], ref["layers_used"])
+            row.flop_savings = _ratio_saving(s["flops_used"], ref["flops_used"])
+            row.quality_rel = s[metric] / ref[metric] if ref[metric] else float("nan")
+            for key, value in _time_columns(cfg, s, ref, groups[pid], pairs[pid], row.flop_savings).items():
+                setattr(row, key, value)
+        row.timing_warning = warning
         rows.append(row)
-    return pd.DataFrame(rows)
+    return point_frame(rows)
+
+
+def _identity(pid: str, cfg: ExitConfig) -> dict:
+    """The columns that say which point a row is."""
+    return {"point_id": pid, "reference_id": cfg.reference_id, "is_full": cfg.is_full, "tau_img": cfg.tau_img,
+            "tau_txt": cfg.tau_txt, "tau_dec": cfg.tau_dec, "encoder_mode": cfg.encoder_mode,
+            "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule,
+            "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None}
 
 
 def failed_rows(failures: Mapping[str, Mapping], configs: Mapping[str, ExitConfig]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "point_id": pid, "reference_id": configs[pid].reference_id, "status": "failed",
-        "error": f"{f['type']}: {f['message']}",
-        "is_full": configs[pid].is_full, "tau_img": configs[pid].tau_img, "tau_txt": configs[pid].tau_txt,
-        "tau_dec": configs[pid].tau_dec, "encoder_mode": configs[pid].encoder_mode,
-        "kv_fill": configs[pid].kv_fill, "dec_schedule": configs[pid].dec_schedule,
-    } for pid, f in failures.items() if pid in configs])
-
+    return point_frame([PointRow(**_identity(pid, configs[pid]), status="failed",
+                                 error=f"{f['type']}: {f['message']}")
+                        for pid, f in failures.items() if pid in configs])
