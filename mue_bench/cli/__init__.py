@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from mue_bench.cli import calibrate, check, evaluate, pick, plot, sweep, train
+from mue_bench.cli import calibrate, check, convert, evaluate, pick, plot, sweep, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Sweep, measure and pick MuE early-exit thresholds for encoder-decoder VLMs.")
@@ -16,6 +16,7 @@ app.command()(plot.plot)
 app.command("calibrate-grid")(calibrate.calibrate_grid)
 app.command("pick")(pick.pick)
 app.command()(check.check)
+app.command()(convert.convert)
 
 
 def main() -> None:  # pragma: no cover
