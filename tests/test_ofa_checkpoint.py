@@ -54,7 +54,8 @@ def fairseq_weights(vocab: int, seed: int = 0, resnet: str = "resnet50") -> dict
     sd = {"encoder.embed_tokens.weight": emb, "decoder.embed_tokens.weight": emb,
           "decoder.output_projection.weight": emb,  # one tensor under three names, as OFA ties them
           "encoder.version": torch.tensor([3.0]), "decoder.version": torch.tensor([3.0]),
-          "encoder.token_rp_bucket": torch.arange(9).view(3, 3)}
+          "encoder.token_rp_bucket": torch.arange(9).view(3, 3),
+          "decoder.image_position_idx": torch.cat([torch.arange(5), torch.full((769,), 1024)])}  # 768 in ModelScope
     for key in ck.resnet_keys(resnet):
         sd[key] = torch.randn(4, generator=g)
     sd["encoder.embed_images.bn1.num_batches_tracked"] = torch.tensor(7)
@@ -148,6 +149,8 @@ def test_fairseq_keys_map_to_modelscope_names(fairseq_pt, bpe):
     for old, new in renames.items():
         assert torch.equal(state[new], src[old]), old
     assert "encoder.version" not in state and "decoder.version" not in state
+    assert "decoder.image_position_idx" not in state  # other content in ModelScope: the model builds its own
+    assert torch.equal(state["encoder.token_rp_bucket"], src["encoder.token_rp_bucket"])  # same in both: kept
     fairseq_only = ("attn_ln", "self_attn_ln", "cross_attn_ln", "encoder_attn", "ffn_layernorm")
     assert not [k for k in state if any(f".{m}." in k for m in fairseq_only)]
     # frozen-BN checkpoints lack the counters; ModelScope's BatchNorm2d has them (eval never reads them)

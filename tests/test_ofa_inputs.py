@@ -110,5 +110,5 @@ def test_image_preprocessing_shape_range_and_values():
     gray = Image.effect_noise((50, 70), 80).convert("L")  # a non-RGB mode becomes RGB first
     y = inputs.preprocess_image(gray, size=inputs.PATCH_IMAGE_SIZE)
     assert y.shape == (3, 480, 480) and y.min() >= -1 and y.max() <= 1
-    expected = torch.from_numpy(np.asarray(gray.convert("RGB").resize((480, 480), Image.BICUBIC))).float()
+    expected = torch.from_numpy(np.array(gray.convert("RGB").resize((480, 480), Image.BICUBIC))).float()
     assert torch.allclose(y.permute(1, 2, 0), expected / 127.5 - 1, atol=1e-5)

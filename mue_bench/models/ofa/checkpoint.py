@@ -127,6 +127,10 @@ LAYER_RENAMES = {
 # fairseq-only entries dropped without loss: version buffers and classification heads (ofa.py:140; unused
 # by caption and SNLI-VE, which generate answers as text).
 DROP = re.compile(r"(^|\.)version$|^classification_heads\.")
+# Same name, other content: fairseq pads the decoder's image-code positions with 769 copies of 1024,
+# ModelScope with 768 (unify_transformer.py:1362 vs modeling_ofa.py:1563); a function of the config, so left for
+# the model to build.
+REBUILT = ("decoder.image_position_idx",)
 # fairseq-only weights that change the computation and have no ModelScope counterpart: refused.
 REFUSE = re.compile(r"\.w_resid$|\.adapter\.|^(encoder|decoder)\.(encoder|decoder)_prompt_encoder\.|\.bias_[kv]$")
 _LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.([^.]+)(\..*)$")
@@ -151,7 +155,7 @@ def map_fairseq_state(state: dict[str, Any], source: Path) -> tuple[dict[str, to
         if REFUSE.search(key):
             raise SpecError(f"{source}: weight {key} has no counterpart in ModelScope's OFA")
         new = modelscope_key(key)
-        if new is None or not isinstance(value, torch.Tensor):
+        if new is None or new in REBUILT or not isinstance(value, torch.Tensor):
             dropped.append(key)
             continue
         out[new] = value
