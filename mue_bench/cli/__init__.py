@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mue_bench.cli import calibrate, check, evaluate, pick, plot, sweep, train
+from mue_bench.cli import calibrate, check, convert, evaluate, pick, plot, sweep, train
 
 # Plain help (no rich markup): "[model]" in a help text stays text, and flags show no "<bool>" type.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -37,6 +37,8 @@ app.command("calibrate-grid", short_help="Propose τ grids from the full model's
     calibrate.calibrate_grid)
 app.command("pick", short_help="Pick thresholds within a quality budget, or with risk control.")(pick.pick)
 app.command(short_help="CI gate: fail if quality or savings regressed against a baseline.")(check.check)
+app.command(short_help="Convert an OFA checkpoint (fairseq .pt or ModelScope folder) to safetensors.")(
+    convert.convert)
 
 def main() -> None:  # pragma: no cover
     app()
