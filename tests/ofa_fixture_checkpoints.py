@@ -35,7 +35,8 @@ import json
 import math
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ except ImportError:  # pragma: no cover - script use
 # ModelScope name fragment -> fairseq (OFA / MuE unify_transformer*.py) name
 # fragment.  Everything else is spelled the same in both.  Order matters when
 # mapping fairseq -> ModelScope ("attn_ln" is a suffix of the other two).
-KEY_RENAMES: List[Tuple[str, str]] = [
+KEY_RENAMES: list[tuple[str, str]] = [
     # decoder layers
     (".self_attn_mid_layer_norm.", ".self_attn_ln."),  # decoder (see below)
     (".cross_attn_mid_layer_norm.", ".cross_attn_ln."),
@@ -58,7 +59,7 @@ KEY_RENAMES: List[Tuple[str, str]] = [
 ]
 # The encoder's NormFormer attention LN is "attn_ln" in fairseq but
 # "self_attn_mid_layer_norm" in ModelScope, like the decoder's "self_attn_ln".
-ENCODER_RENAMES: List[Tuple[str, str]] = [
+ENCODER_RENAMES: list[tuple[str, str]] = [
     (".self_attn_mid_layer_norm.", ".attn_ln."),
     (".ffn_layer_norm.", ".ffn_layernorm."),
 ]
@@ -128,7 +129,7 @@ def decoder_image_position_idx(code_image_size: int, image_bucket_size: int, tai
     return torch.cat([torch.tensor([0]), ids.reshape(-1), torch.tensor([1024] * tail)])
 
 
-def computed_buffers(config: Mapping[str, Any], tail: int) -> Dict[str, torch.Tensor]:
+def computed_buffers(config: Mapping[str, Any], tail: int) -> dict[str, torch.Tensor]:
     tb = token_bucket_positions(int(config["token_bucket_size"]))
     ib = image_bucket_positions(int(config["image_bucket_size"]))
     return {
@@ -144,7 +145,7 @@ def computed_buffers(config: Mapping[str, Any], tail: int) -> Dict[str, torch.Te
 
 # --- state dicts ---
 
-def modelscope_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+def modelscope_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
     """The ModelScope ``OFAModel.state_dict()`` of a fixture, in ModelScope's
     key order: fixture tensors, ``ones`` entries, tied aliases sharing their
     canonical tensor, and the config-computed index buffers."""
@@ -153,7 +154,7 @@ def modelscope_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, An
     for k, shape in shapes_doc.get("ones", {}).items():
         filled[k] = torch.ones(tuple(shape))
     buffers = computed_buffers(config, tail=768)
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for k in shapes_doc["order"]:
         if k in filled:
             out[k] = filled[k]
@@ -166,7 +167,7 @@ def modelscope_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, An
     return out
 
 
-def fairseq_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+def fairseq_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
     """The same weights under fairseq OFA names, as ``OFAModel.state_dict()``
     of the authors' code orders them closely enough (order is irrelevant to
     loading): ``encoder.version`` / ``decoder.version`` added, ModelScope's
@@ -176,7 +177,7 @@ def fairseq_state_dict(shapes_doc: Mapping[str, Any], config: Mapping[str, Any])
     ms = modelscope_state_dict(shapes_doc, config)
     scale_heads = bool(shapes_doc.get("fairseq_scale_heads", config.get("normformer", True)))
     fs_buffers = computed_buffers(config, tail=769)
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     enc_done = False
     for k, v in ms.items():
         if k.startswith("decoder.") and not enc_done:
@@ -201,7 +202,7 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_hf_layout(folder: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+def write_hf_layout(folder: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """``folder/config.json`` (sorted keys, indent 2) + ``folder/pytorch_model.bin``;
     returns {file name: sha256}."""
     os.makedirs(folder, exist_ok=True)
@@ -214,7 +215,7 @@ def write_hf_layout(folder: str, config: Mapping[str, Any], state_dict: Mapping[
     return {"config.json": sha256_file(cfg_path), "pytorch_model.bin": sha256_file(bin_path)}
 
 
-def fairseq_model_args(config: Mapping[str, Any], arch: str, patch_image_size: int) -> Dict[str, Any]:
+def fairseq_model_args(config: Mapping[str, Any], arch: str, patch_image_size: int) -> dict[str, Any]:
     """The architecture part of a released OFA checkpoint's args / cfg.model,
     filled from a ModelScope OFAConfig dict (the names are fairseq's)."""
     normformer = bool(config["normformer"])
@@ -284,7 +285,8 @@ def fairseq_model_args(config: Mapping[str, Any], arch: str, patch_image_size: i
     }
 
 
-def fairseq_checkpoint(model_args: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], style: str = "cfg") -> Dict[str, Any]:
+def fairseq_checkpoint(model_args: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                       style: str = "cfg") -> dict[str, Any]:
     """The dict a fairseq trainer saves.  ``style="cfg"`` (hydra-era fairseq,
     as OFA's trainer writes it): ``args`` is None and ``cfg`` is a plain dict
     whose ``model`` (and ``task``) entries are argparse Namespaces (fairseq
@@ -342,14 +344,15 @@ def fairseq_checkpoint(model_args: Mapping[str, Any], state_dict: Mapping[str, t
     return ckpt
 
 
-def write_fairseq_layout(path: str, model_args: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], style: str = "cfg") -> str:
+def write_fairseq_layout(path: str, model_args: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                         style: str = "cfg") -> str:
     """torch.save a fairseq-style OFA checkpoint to ``path``; returns its sha256."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(fairseq_checkpoint(model_args, state_dict, style=style), path)
     return sha256_file(path)
 
 
-def load_shapes_doc(folder: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def load_shapes_doc(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(shapes.json, config.json) of a fixture folder."""
     with open(os.path.join(folder, "shapes.json")) as f:
         shapes = json.load(f)

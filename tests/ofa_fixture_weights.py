@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Dict, Iterable, Mapping, Sequence, Tuple
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -66,11 +66,11 @@ def _generator(key: str, seed: int) -> torch.Generator:
     return g
 
 
-def _normal(shape: Tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+def _normal(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def _uniform(shape: Tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+def _uniform(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=g, dtype=torch.float64)
 
 
@@ -133,6 +133,6 @@ def fixture_tensor(key: str, shape: Sequence[int], seed: int) -> torch.Tensor:
 
 def fixture_state_dict(
     shapes: Mapping[str, Iterable[int]], seed: int
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """``{key: fixture_tensor(key, shape, seed)}`` in the order of ``shapes``."""
     return {k: fixture_tensor(k, tuple(v), seed) for k, v in shapes.items()}
