@@ -136,7 +136,7 @@ class OFAAdapter(ExitAdapter):
     def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
                  ) -> DecodingConfig:
         return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
-                              beam_style="fairseq", ignore_eos=ignore_eos)
+                              beam_style="ofa", ignore_eos=ignore_eos)
 
     def reference_generate(self, batch: OFABatch, decoding: DecodingConfig) -> list[list[int]]:
         """The model's own generation, untouched by the engine."""
