@@ -502,12 +502,14 @@ class OFAModel(nn.Module):
 
     def decoder_states(self, dec_ids: torch.Tensor, enc_out: torch.Tensor, enc_mask: torch.Tensor,
                        src_pos: torch.Tensor) -> list[torch.Tensor]:
-        """Every decoder layer's output over the whole (teacher-forced) sequence [B, T]."""
+        """Every decoder layer's output over the whole (teacher-forced) sequence [B, T]. Pad tokens in it are
+        masked as keys, as ModelScope does (so padded rows' outputs at their padding match its too)."""
         cross_bias, self_biases = self.decoder.full_biases(dec_ids.shape[1], src_pos)
         cross_bias = cross_bias + additive_mask(enc_mask, enc_out.dtype)
+        pads = additive_mask(dec_ids.ne(self.cfg.pad_token_id), enc_out.dtype)
         h, states = self.decoder.embed(dec_ids), []
         for layer, self_bias in zip(self.decoder.layers, self_biases):
-            h, _, _ = layer(h, None, layer.cross_kv(enc_out), self_bias, cross_bias)
+            h, _, _ = layer(h, None, layer.cross_kv(enc_out), self_bias + pads, cross_bias)
             states.append(h)
         return states
 
