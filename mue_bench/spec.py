@@ -41,7 +41,8 @@ class _Strict(BaseModel):
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The random-weight shapes each transformers family offers (models/hf/*.py SHAPES holds their configs).
-RANDOM_SHAPES: dict[str, tuple[str, ...]] = {"florence2": ("tiny", "base", "large"), "t5gemma2": ("tiny", "270m")}
+RANDOM_SHAPES: dict[str, tuple[str, ...]] = {"florence2": ("tiny", "base", "large"), "t5gemma2": ("tiny", "270m"),
+                                             "ofa": ("tiny", "medium", "base", "large", "huge")}
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,21 @@ def parse_checkpoint(family: str, text: str) -> Checkpoint:
     if family == "mue-tiny" and "/" not in text and (BUILTIN_DIR / text / "config.json").is_file():
         return Checkpoint("builtin", text)
     folder = Path(text).expanduser()
+    convert = f"; convert it once with `mue-bench convert {text} <folder>`"
     if folder.is_dir():
         missing = [n for n in ("config.json", "model.safetensors") if not (folder / n).is_file()]
-        if family == "mue-tiny" and missing:
-            hint = " (mue-tiny checkpoints are safetensors)" if (folder / "pytorch_model.bin").is_file() else ""
+        if family in ("mue-tiny", "ofa") and missing:
+            has_bin = (folder / "pytorch_model.bin").is_file()
+            hint = {"mue-tiny": " (mue-tiny checkpoints are safetensors)", "ofa": convert}[family] if has_bin else ""
             raise ValueError(f"folder {text} has no {' or '.join(missing)}{hint}")
         return Checkpoint("folder", str(folder))
     if folder.exists():
+        if family == "ofa" and folder.suffix == ".pt":
+            raise ValueError(f"{text} is a fairseq checkpoint (a pickle, never loaded as is){convert}")
         raise ValueError(f"{text} is a file; give the checkpoint folder that holds it")
+    if family == "ofa":
+        raise ValueError(f"folder {text} not found (OFA checkpoints are local folders written by "
+                         "`mue-bench convert`, or random:<size>)")
     if family == "mue-tiny":
         raise ValueError(f"{text!r} is neither a built-in checkpoint ({', '.join(builtin_names())}) "
                          "nor an existing folder")
@@ -102,7 +110,7 @@ def parse_checkpoint(family: str, text: str) -> Checkpoint:
 
 
 class ModelSpec(_Strict):
-    family: Literal["mue-tiny", "florence2", "t5gemma2"] = "mue-tiny"
+    family: Literal["mue-tiny", "florence2", "t5gemma2", "ofa"] = "mue-tiny"
     # See parse_checkpoint: a built-in name, a folder, a hub id or "random:<shape>".
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
@@ -292,6 +300,10 @@ class OutputSpec(_Strict):
     dir: str = "results"
 
 
+# SNLI-VE's candidates in OFA's label order (tasks/mm_tasks/snli_ve.py:28).
+OFA_ANSWERS = ("no", "yes", "maybe")
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec = ModelSpec()
@@ -301,6 +313,19 @@ class SweepSpec(_Strict):
     run: RunSpec = RunSpec()
     timing: TimingSpec = TimingSpec()
     output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ofa_ranks_entailment_answers(cls, data: object) -> object:
+        """OFA scores SNLI-VE by ranking its answers, not by free generation (snli_ve.py): the default there."""
+        if not isinstance(data, dict):
+            return data
+        model, task, decoding = (data.get(k) for k in ("model", "data", "decoding"))
+        if (isinstance(model, dict) and model.get("family") == "ofa" and isinstance(task, dict)
+                and task.get("task", "caption") == "entailment"
+                and (decoding is None or isinstance(decoding, dict) and "answers" not in decoding)):
+            return data | {"decoding": (decoding or {}) | {"answers": list(OFA_ANSWERS)}}
+        return data
 
     @model_validator(mode="after")
     def _kv_fill_none_fits(self) -> SweepSpec:

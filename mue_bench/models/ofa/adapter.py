@@ -10,14 +10,26 @@ Position biases depend on the batch's shape only (model.py), so they are built o
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from mue_bench.data.loaders import Sample
 from mue_bench.errors import SpecError
+from mue_bench.models.ofa.checkpoint import TASK_FILE
 from mue_bench.models.ofa.config import IMAGE_SIZES, OFAConfig, preset
+from mue_bench.models.ofa.inputs import (
+    PATCH_IMAGE_SIZE,
+    caption_text,
+    encode,
+    entailment_text,
+    preprocess_image,
+    source_ids,
+)
 from mue_bench.models.ofa.model import (
     DecoderPositions,
     EncoderPositions,
@@ -25,10 +37,14 @@ from mue_bench.models.ofa.model import (
     additive_mask,
     load_weights,
 )
+from mue_bench.models.ofa.tokenizer import load_tokenizer, tokenizer_files
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
 from mue_bench.mue.search import DecodingConfig
+from mue_bench.spec import Checkpoint
+
+N_SPECIAL = 4  # <s>, <pad>, </s>, <unk>
 
 
 @dataclass
@@ -120,18 +136,55 @@ class OFAAdapter(ExitAdapter):
         adapter.image_size = IMAGE_SIZES.get(name, 256)
         return adapter
 
-    image_size: int = 256  # the resolution random inputs use
+    image_size: int = 256  # patch_image_size: what every image is resized to
+
+    @classmethod
+    def load(cls, checkpoint: Checkpoint) -> OFAAdapter:
+        """A converted folder (`mue-bench convert`: model.safetensors, config.json, the tokenizer files and
+        ofa_task.json with the fine-tuning resolution), or random weights of a released size."""
+        if checkpoint.kind == "random":
+            return cls.random(checkpoint.ref)
+        folder = checkpoint.path
+        assert folder is not None  # parse_checkpoint admits folders and random shapes only for OFA
+        tokenizer = load_tokenizer(folder) if tokenizer_files(folder) == "hf" else None
+        adapter = cls.from_folder(folder, tokenizer)
+        task_file = folder / TASK_FILE
+        task = json.loads(task_file.read_text()) if task_file.is_file() else {}
+        size = task.get("patch_image_size") or IMAGE_SIZES.get(str(task.get("arch", "")).removeprefix("ofa_"))
+        adapter.image_size = int(size or PATCH_IMAGE_SIZE)
+        return adapter
 
     # --- inputs -------------------------------------------------------------------------------------
-    def prepare(self, samples: list[tuple[torch.Tensor, list[int]]]) -> OFABatch:
-        """(pixels [3, H, W], prompt ids) pairs, until the OFA tokenizer and image transform are wired in."""
-        return collate([s[0] for s in samples], [list(s[1]) for s in samples], self.pad_id)
+    def prepare(self, samples: list[Sample]) -> OFABatch:
+        """Images and prompts as OFA's caption and SNLI-VE tasks build them (inputs.py); a JSONL sample's own
+        prompt replaces the task's."""
+        images = []
+        for s in samples:
+            with Image.open(s.image) as im:
+                images.append(preprocess_image(im, self.image_size))
+        return collate(images, [self._source(s) for s in samples], self.pad_id)
+
+    def _source(self, sample: Sample) -> list[int]:
+        text = sample.prompt or (caption_text() if sample.task == "caption" else entailment_text(sample.hypothesis))
+        if self.tokenizer is not None:
+            return source_ids(self.tokenizer, text)
+        # Random weights have no tokenizer: each word an id by hash, clear of the special ids.
+        vocab = self.model.cfg.vocab_size
+        return [self.bos_id, *(N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()),
+                self.eos_id]
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        """BPE(" " + answer) + </s>, as OFA scores SNLI-VE's candidates (snli_ve.py:82-89)."""
+        if self.tokenizer is None:
+            raise SpecError("decoding.answers: this OFA checkpoint has no tokenizer (vocab.json, merges.txt) to "
+                            "spell the answers with; convert it with --tokenizer, or set decoding.answers = []")
+        return (*encode(self.tokenizer, " " + answer), self.eos_id)
 
     def text(self, ids: list[int]) -> str:
         kept = [i for i in ids if i not in (self.bos_id, self.eos_id, self.pad_id)]
         if self.tokenizer is None:
             return " ".join(map(str, kept))
-        return self.tokenizer.decode(kept)
+        return self.tokenizer.decode(kept).strip()
 
     def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
                  ) -> DecodingConfig:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from mue_bench.models.ofa.tokenizer import BOS, EOS, PAD
+from mue_bench.spec import OFA_ANSWERS
 
 PATCH_IMAGE_SIZE = 480  # run_scripts/caption/*_base*.sh and snli_ve/*_base*.sh: patch_image_size=480
 MAX_SRC_LENGTH = 80  # the same scripts: max_src_length=80 (SNLI-VE: words kept per sentence)
@@ -34,9 +35,9 @@ ENTAILMENT_PROMPT = ' does the image describe " {} "?'
 # snli_ve_dataset.py:157, with --add-caption (the MuE SNLI-VE base run: train_snli_ve_base_MuE.sh), the
 # premise first; ModelScope visual_entailment.py:153.
 ENTAILMENT_PREMISE_PROMPT = ' can image and text1 " {} " imply text2 " {} "?'
-# tasks/mm_tasks/snli_ve.py:28 ans2label_dict, in label order; each is scored as BPE(" " + answer) + </s>
+# SNLI-VE's answers (spec.OFA_ANSWERS, snli_ve.py:28); each is scored as BPE(" " + answer) + </s>
 # (snli_ve.py:82-89), and SNLI-VE's gold labels map onto them (snli_ve_dataset.py:137-142).
-ANSWERS = ("no", "yes", "maybe")
+ANSWERS = OFA_ANSWERS
 LABEL_TO_ANSWER = {"contradiction": "no", "entailment": "yes", "neutral": "maybe"}
 # Caption decoding of the MuE evaluation (run_scripts/caption/evaluate_caption_base_MuE.sh): beam 5,
 # max_len_b 16, no_repeat_ngram_size 3; SNLI-VE ranks the answers instead of generating.
