@@ -115,6 +115,9 @@ class ModelSpec(_Strict):
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # transformers models only
+    # OFA only. False: the image stream without its relative position bias, as the authors' MuE encoder runs
+    # it (set by grid.parity).
+    image_rel_bias: bool = True
 
     @field_validator("checkpoint")
     @classmethod
@@ -326,6 +329,26 @@ class SweepSpec(_Strict):
                 and (decoding is None or isinstance(decoding, dict) and "answers" not in decoding)):
             return data | {"decoding": (decoding or {}) | {"answers": list(OFA_ANSWERS)}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parity_drops_ofas_image_bias(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        model, grid = data.get("model"), data.get("grid")
+        if not (isinstance(model, dict) and model.get("family") == "ofa" and isinstance(grid, dict)
+                and grid.get("parity") is True):
+            return data
+        if model.get("image_rel_bias") is True:
+            raise ValueError("grid.parity = true sets model.image_rel_bias = false (the authors' image stream); "
+                             "remove one of them")
+        return data | {"model": model | {"image_rel_bias": False}}
+
+    @model_validator(mode="after")
+    def _image_rel_bias_is_ofas(self) -> SweepSpec:
+        if not self.model.image_rel_bias and self.model.family != "ofa":
+            raise ValueError(f"model.image_rel_bias is an OFA setting; {self.model.family} has no such bias")
+        return self
 
     @model_validator(mode="after")
     def _kv_fill_none_fits(self) -> SweepSpec:

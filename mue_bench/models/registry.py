@@ -54,6 +54,7 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
         from mue_bench.models.ofa.adapter import OFAAdapter
 
         adapter = OFAAdapter.load(checkpoint)
+        adapter.image_rel_bias = spec.image_rel_bias
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])

@@ -96,6 +96,9 @@ class OFAAdapter(ExitAdapter):
         # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
         self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
+        self._step = 0  # the decoding step decoder_embed saw last: the position of this step's token
+        # False: the image stream without its relative position bias (the authors' code; spec grid.parity)
+        self.image_rel_bias = True
         self._input_flops: dict[tuple, float] = {}
 
     # --- loading ------------------------------------------------------------------------------------
@@ -229,7 +232,8 @@ class OFAAdapter(ExitAdapter):
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
                       stream: str = "joint") -> torch.Tensor:
         enc = self.model.encoder
-        bias = enc.layer_bias(self._encoder_positions(h.shape[1], stream), layer, stream, queries)
+        bias = enc.layer_bias(self._encoder_positions(h.shape[1], stream), layer, stream, queries,
+                              image_rel=self.image_rel_bias)
         return enc.layers[layer](h, bias + additive_mask(key_mask, h.dtype), queries)
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -243,19 +247,24 @@ class OFAAdapter(ExitAdapter):
                         DecoderPositions(dec, pos.src_pos))
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        self._step = step
         return self.model.decoder.embed(tokens[:, None], step)[:, 0]
 
     def _decoder_layer(self, layer: int, h: torch.Tensor, cache: TensorKVCache, enc_mask: torch.Tensor,
-                       positions: DecoderPositions, step: int) -> torch.Tensor:
+                       positions: DecoderPositions, history: int) -> torch.Tensor:
+        """`history`: the entries layer `layer` holds. Every kv_fill but "none" leaves one per step; with "none"
+        a layer holds fewer, and its keys take the bias columns of the last positions, as the authors'
+        attention slices its bias to the key length (unify_multihead_attention.py)."""
+        step = self._step
         cross_bias = positions.cross_bias(step) + additive_mask(enc_mask, h.dtype)
-        out, k, v = self.model.decoder.layers[layer](h[:, None], cache.past(layer), cache.cross(layer),
-                                                     positions.self_bias(layer, step), cross_bias)
+        self_bias = positions.self_bias(layer, step)[..., step - history:]
+        out, k, v = self.model.decoder.layers[layer](h[:, None], cache.past(layer), cache.cross(layer), self_bias,
+                                                     cross_bias)
         cache.append(layer, k, v)
         return out[:, 0]
 
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: OFACache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
-        # Every kv_fill leaves each layer one slot per step, so the cache length is this token's position.
         return self._decoder_layer(layer, h, cache, enc_mask, cache.positions, cache.length(layer))
 
     def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: OFACache,
