@@ -10,6 +10,7 @@ Position biases depend on the batch's shape only (model.py), so they are built o
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from mue_bench.models.ofa.inputs import (
     caption_text,
     encode,
     entailment_text,
+    pre_caption,
     preprocess_image,
-    source_ids,
 )
 from mue_bench.models.ofa.model import (
     DecoderPositions,
@@ -36,8 +37,9 @@ from mue_bench.models.ofa.model import (
     OFAModel,
     additive_mask,
     load_weights,
+    tied_names,
 )
-from mue_bench.models.ofa.tokenizer import load_tokenizer, tokenizer_files
+from mue_bench.models.ofa.tokenizer import HF_FILES, load_tokenizer, tokenizer_files
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
@@ -140,6 +142,7 @@ class OFAAdapter(ExitAdapter):
         return adapter
 
     image_size: int = 256  # patch_image_size: what every image is resized to
+    tokenizer_dir: Path | None = None  # where the tokenizer's vocab.json and merges.txt came from
 
     @classmethod
     def load(cls, checkpoint: Checkpoint) -> OFAAdapter:
@@ -151,11 +154,42 @@ class OFAAdapter(ExitAdapter):
         assert folder is not None  # parse_checkpoint admits folders and random shapes only for OFA
         tokenizer = load_tokenizer(folder) if tokenizer_files(folder) == "hf" else None
         adapter = cls.from_folder(folder, tokenizer)
+        adapter.tokenizer_dir = folder if tokenizer is not None else None
         task_file = folder / TASK_FILE
         task = json.loads(task_file.read_text()) if task_file.is_file() else {}
         size = task.get("patch_image_size") or IMAGE_SIZES.get(str(task.get("arch", "")).removeprefix("ofa_"))
         adapter.image_size = int(size or PATCH_IMAGE_SIZE)
         return adapter
+
+    # --- training (training/finetune.py) -------------------------------------------------------------
+    def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
+        """What the decoder learns to emit after <s>: BPE(" " + cleaned text) + </s> (caption_dataset.py:128-
+        131), cut to `max_len`, right-padded with <pad>."""
+        rows = [[*self._words(" " + pre_caption(t))[: max_len - 1], self.eos_id] for t in texts]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def decoder_states(self, batch: OFABatch, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder layer's output [B, T, D] under teacher forcing: <s>, then the labels shifted right."""
+        dec_in = torch.cat([torch.full_like(labels[:, :1], self.bos_id), labels[:, :-1]], 1)
+        enc_out, enc_mask, src_pos = self.model.encode(self._pixels(batch), batch.ids, batch.mask)
+        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos)
+
+    def save(self, out: Path) -> None:
+        """A folder `OFAAdapter.load` reads: safetensors (each tied tensor once), config, tokenizer, resolution."""
+        from safetensors.torch import save_file
+
+        state = self.model.state_dict()
+        for group in tied_names(self.model):
+            for name in group[1:]:
+                del state[name]
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2) + "\n")
+        (out / TASK_FILE).write_text(json.dumps({"patch_image_size": self.image_size}) + "\n")
+        if self.tokenizer_dir is not None:  # the files it was read from, byte for byte
+            for name in HF_FILES:
+                shutil.copyfile(self.tokenizer_dir / name, out / name)
 
     # --- inputs -------------------------------------------------------------------------------------
     def prepare(self, samples: list[Sample]) -> OFABatch:
@@ -169,12 +203,14 @@ class OFAAdapter(ExitAdapter):
 
     def _source(self, sample: Sample) -> list[int]:
         text = sample.prompt or (caption_text() if sample.task == "caption" else entailment_text(sample.hypothesis))
+        return [self.bos_id, *self._words(text), self.eos_id]
+
+    def _words(self, text: str) -> list[int]:
+        """BPE ids of `text`; without a tokenizer (random weights) each word an id by hash, clear of the specials."""
         if self.tokenizer is not None:
-            return source_ids(self.tokenizer, text)
-        # Random weights have no tokenizer: each word an id by hash, clear of the special ids.
+            return encode(self.tokenizer, text)
         vocab = self.model.cfg.vocab_size
-        return [self.bos_id, *(N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()),
-                self.eos_id]
+        return [N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()]
 
     def answer_ids(self, answer: str) -> tuple[int, ...]:
         """BPE(" " + answer) + </s>, as OFA scores SNLI-VE's candidates (snli_ve.py:82-89)."""

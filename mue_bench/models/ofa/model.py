@@ -488,6 +488,15 @@ class OFAModel(nn.Module):
         if cfg.temperature_init_value:
             self.temp = nn.Parameter(cfg.temperature_init_value * torch.ones([]))
 
+    def train(self, mode: bool = True) -> OFAModel:
+        """Training mode everywhere but the ResNet's batch norms: fine-tuning batches of a few images would
+        overwrite the running statistics the released weights carry."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
     # --- plain (no-exit) forward ----------------------------------------------------------------------
     def encode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
