@@ -173,7 +173,7 @@ def _place_labels(ax, labels: list[dict], markers: list[tuple[float, float]]) ->
                 color=label["color"], bbox=_label_box(label), zorder=6,
                 arrowprops=dict(arrowstyle="-", color=label["color"], lw=0.5, alpha=0.6) if far else None)
             ann.update_positions(renderer)
-            box = Text.get_window_extent(ann, renderer)  # the text's extent, without its leader line
+            box = Text.get_window_extent(ann, renderer).padded(2)  # the text and its box, not its leader line
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(t) for t in taken):
                 taken.append(box)
@@ -281,7 +281,7 @@ def tradeoff(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: str
     ax.set_title(f"MuE trade-off: quality vs {SAVING_WORDS[xcol]} (error bars: 95% bootstrap CI)")
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.1)
-    _widen(ax, x_span=10, y_span=4)
+    _widen(ax, x_span=10, y_span=4 if y == "quality_rel" else 0)
     warning = _timing_warning(results) if x == "time" else None
     if warning:
         legend.append(plt.Line2D([], [], ls="none", label=textwrap.fill("timing: " + warning, 110)))
