@@ -29,8 +29,8 @@ class Florence2Adapter(HFAdapterBase):
     model_class = "Florence2ForConditionalGeneration"
     pixel_std = 0.25
 
-    def __init__(self, model, processor=None):
-        super().__init__(model, processor)
+    def __init__(self, model, processor=None, generation_config: str = "checkpoint"):
+        super().__init__(model, processor, generation_config)
         lm = model.model.language_model
         self.encoder, self.decoder, self.text_config = lm.encoder, lm.decoder, lm.config
         cfg = self.text_config

@@ -42,8 +42,8 @@ class T5Gemma2Adapter(HFAdapterBase):
     model_class = "T5Gemma2ForConditionalGeneration"
     row_subsets = True  # positions and masks are gathered per row: the engine compacts batches
 
-    def __init__(self, model, processor=None):
-        super().__init__(model, processor)
+    def __init__(self, model, processor=None, generation_config: str = "checkpoint"):
+        super().__init__(model, processor, generation_config)
         encoder = model.model.encoder
         self.text_encoder, self.decoder = encoder.text_model, model.model.decoder
         self.enc_config, self.dec_config = self.text_encoder.config, model.config.decoder
