@@ -1,5 +1,6 @@
-"""transformers checkpoints as they ship, built offline: a generation_config.json with its own decoding settings.
-No-exit output is compared with the model's own `generate()` run with nothing but the checkpoint's own config."""
+"""transformers checkpoints as they ship, built offline: a generation_config.json with its own decoding settings,
+a real Gemma3Processor (tokenizer trained here with `tokenizers`). No-exit output is compared with the model's
+own `generate()` run with nothing but the checkpoint's own config."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mue_bench.errors import SpecError
-from mue_bench.models.hf import florence2
+from mue_bench.models.hf import florence2, t5gemma2
 from mue_bench.models.hf.base import strip_after_eos
 from mue_bench.models.hf.florence2 import Florence2Adapter
+from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import run_batch
 from mue_bench.spec import Checkpoint
+from tests.test_hf_adapters import _median_thresholds
 
 
 def _generate(adapter, batch, **overrides) -> list[list[int]]:
@@ -122,3 +126,126 @@ def test_a_setting_the_search_cannot_reproduce_is_refused_in_one_line(tmp_path, 
 def test_sampling_settings_without_sampling_are_accepted(tmp_path):
     folder = _florence2_checkpoint(tmp_path / "ckpt", temperature=0.7, top_p=0.9, do_sample=False)
     assert Florence2Adapter.load(Checkpoint("folder", str(folder))).decoding().num_beams == 1
+
+
+# --- T5Gemma 2 with its real processor ------------------------------------------------------------------
+TURN = ("<start_of_turn>", "<end_of_turn>")
+CORPUS = ["caption this image", "what is in the picture", "describe the shapes you see", "a red circle on a blue "
+          "square", "user\nmodel\n", "is there a small green triangle"]
+
+
+def gemma3_processor(adapter: T5Gemma2Adapter, image_size: int):
+    """A real Gemma3Processor over a tiny tokenizer trained here: Gemma's layout (pad 0, eos 1, bos 2, unk 3,
+    mask 4, turn markers), a BPE over "▁"-joined words, and the image tokens at the ids the model's config
+    names; every id up to the vocabulary size is taken, unused ones as `<unusedN>` as in Gemma's own."""
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor, GemmaTokenizer
+
+    vocab_size = adapter.model.get_input_embeddings().num_embeddings
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *TURN]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    bpe.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_previous")
+    bpe.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=96, special_tokens=specials,
+                                                             show_progress=False))
+    trained = json.loads(bpe.to_str())["model"]
+    vocab = dict(trained["vocab"])
+    images = {"<start_of_image>": adapter.boi_id, "<end_of_image>": adapter.eoi_id,
+              "<image_soft_token>": adapter.image_token_id}
+    assert not set(images.values()) & set(vocab.values())
+    vocab |= images
+    taken = set(vocab.values())
+    vocab |= {f"<unused{i}>": i for i in range(vocab_size) if i not in taken}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[tuple(m) for m in trained["merges"]], add_bos_token=True,
+                               extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                                     "image_token": "<image_soft_token>"})
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in TURN], special_tokens=True)
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                           image_seq_length=adapter.n_image_tokens)
+
+
+@pytest.fixture(scope="module")
+def t5gemma2_folder(tmp_path_factory) -> Path:
+    """A tiny random T5Gemma 2 saved with its processor, as a hub checkpoint is laid out; its generation config
+    names two EOS ids (eos and <end_of_turn>), as T5Gemma 2's does."""
+    adapter = t5gemma2.random_t5gemma2("tiny", seed=3)
+    processor = gemma3_processor(adapter, t5gemma2.SHAPES["tiny"]["vision"]["image_size"])
+    adapter.model.generation_config.eos_token_id = [adapter.eos_id, processor.tokenizer.convert_tokens_to_ids(TURN[1])]
+    folder = tmp_path_factory.mktemp("t5g2") / "ckpt"
+    adapter.model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+PROMPTS = ["caption", "what is in the picture ? describe the shapes you see", "a red circle on a blue square"]
+
+
+def _jsonl_spec(tmp_path: Path, shapes_root: Path, folder: Path, batch_size: int, grid: str) -> Path:
+    rows = json.loads((shapes_root / "dataset_coco.json").read_text())["images"][:3]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"id": r["cocoid"], "image": f"{r['filepath']}/{r['filename']}", "prompt": p,
+                                        "references": [s["raw"] for s in r["sentences"]]}) + "\n"
+                            for r, p in zip(rows, PROMPTS)))
+    spec = tmp_path / f"t5g2-b{batch_size}.toml"
+    spec.write_text(f"""
+[model]
+family = "t5gemma2"
+checkpoint = "{folder}"
+[data]
+dataset = "jsonl"
+annotations = "{data}"
+images = "{shapes_root}"
+[decoding]
+max_len = 8
+[grid]
+{grid}
+[run]
+batch_size = {batch_size}
+device = "cpu"
+[timing]
+warmup = 0
+reference_repeats = 1
+[output]
+dir = "{tmp_path / f'results-b{batch_size}'}"
+""")
+    return spec
+
+
+def test_t5gemma2_with_its_processor_sweeps_at_batch_three(tmp_path, shapes_root, t5gemma2_folder):
+    """Three prompts of different lengths, right-padded into one batch by the real processor: without exits
+    each sample is what generate() gives it alone; with exits, batch 3 gives what batch 1 gives."""
+    from mue_bench.run.prepare import prepare_inputs
+    from mue_bench.run.runner import Progress, SweepOptions, run_sweep
+    from mue_bench.spec import load_spec
+
+    spec = load_spec(_jsonl_spec(tmp_path, shapes_root, t5gemma2_folder, 3, ""))
+    engine, samples, [batch] = prepare_inputs(spec, torch.device("cpu"))
+    adapter = engine.adapter
+    assert adapter.processor is not None and len(adapter.eos) == 2
+    lengths = batch.attention_mask.sum(1).tolist()
+    assert len(set(lengths)) == 3 and batch.attention_mask[:, 0].all()  # padded on the right
+    assert (batch.input_ids == adapter.boi_id).sum(1).tolist() == [1, 1, 1]
+    assert ((batch.input_ids == adapter.image_token_id).sum(1) == adapter.n_image_tokens).all()
+    ours = _no_exit(adapter, batch, engine.decoding)
+    assert ours == _generate(adapter, batch, max_new_tokens=8)
+    for b, s in enumerate(samples):
+        assert [ours[b]] == _generate(adapter, adapter.prepare([s]), max_new_tokens=8)
+
+    cfg = _median_thresholds(adapter, batch, "freeze")
+    grid = f"tau_img = [{cfg.tau_img!r}]\ntau_txt = [{cfg.tau_txt!r}]\ntau_dec = [{cfg.tau_dec!r}]"
+    rows = {}
+    for size in (3, 1):
+        outcome = run_sweep(load_spec(_jsonl_spec(tmp_path, shapes_root, t5gemma2_folder, size, grid)),
+                            SweepOptions(meteor=False), Progress())
+        rows[size] = outcome.samples.set_index(["point_id", "sample_id"]).sort_index()
+    def plain(v):
+        return tuple(int(x) for x in v) if hasattr(v, "__len__") else int(v)
+
+    columns = ["tokens", "enc_img_layers", "enc_txt_layers", "dec_layers"]
+    together, alone = (rows[size][columns].map(plain) for size in (3, 1))
+    assert together.to_dict() == alone.to_dict()
+    assert [list(together.loc[("full-freeze", s.sample_id), "tokens"]) for s in samples] == ours
+    exited = together.drop(index="full-freeze", level=0)
+    assert (exited["enc_img_layers"] < adapter.n_enc_layers).any()
+    assert any(min(d) < adapter.n_dec_layers for d in exited["dec_layers"])

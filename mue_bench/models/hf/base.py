@@ -169,8 +169,10 @@ class HFAdapterBase(ExitAdapter):
         images = load_rgb(samples)
         if self.processor is None:
             return self._prepare_without_processor(images, samples)
-        enc = self.processor(text=[self.prompt_text(s) for s in samples], images=images, return_tensors="pt",
-                             padding=True)
+        # one list of images per prompt (a flat list is one prompt's images to Gemma 3's processor); padded on
+        # the right whatever the tokenizer's default, so that a sample's positions do not depend on its batch
+        enc = self.processor(text=[self.prompt_text(s) for s in samples], images=[[im] for im in images],
+                             return_tensors="pt", padding=True, padding_side="right")
         return HFBatch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
 
     def prompt_text(self, sample: Sample) -> str:
