@@ -1,6 +1,7 @@
 """transformers checkpoints as they ship, built offline: a generation_config.json with its own decoding settings,
-a real Gemma3Processor (tokenizer trained here with `tokenizers`). No-exit output is compared with the model's
-own `generate()` run with nothing but the checkpoint's own config."""
+a real Gemma3Processor (tokenizer trained here with `tokenizers`), a special-token layout the processor-less
+path must not trip over. No-exit output is compared with the model's own `generate()` run with nothing but the
+checkpoint's own config."""
 
 from __future__ import annotations
 
@@ -249,3 +250,29 @@ def test_t5gemma2_with_its_processor_sweeps_at_batch_three(tmp_path, shapes_root
     exited = together.drop(index="full-freeze", level=0)
     assert (exited["enc_img_layers"] < adapter.n_enc_layers).any()
     assert any(min(d) < adapter.n_dec_layers for d in exited["dec_layers"])
+
+
+# --- the processor-less path -------------------------------------------------------------------------
+def test_hashed_prompts_avoid_special_ids_wherever_they_sit(shapes_root):
+    """A processor-less T5Gemma 2 whose image tokens have the lowest ids: words still hash into ordinary ids
+    (this once divided by boi - 4), and the engine still reproduces generate()."""
+    from transformers import T5Gemma2ForConditionalGeneration
+
+    from mue_bench.data.loaders import load_karpathy
+
+    cfg = t5gemma2.t5gemma2_config("tiny")
+    cfg.encoder.boi_token_index, cfg.encoder.eoi_token_index, cfg.encoder.image_token_index = 3, 4, 5
+    cfg.image_token_index = 5
+    torch.manual_seed(0)
+    adapter = T5Gemma2Adapter(T5Gemma2ForConditionalGeneration(cfg))
+    adapter.image_size = t5gemma2.SHAPES["tiny"]["vision"]["image_size"]
+    assert (adapter.boi_id, adapter.eoi_id, adapter.image_token_id) == (3, 4, 5)
+    words = adapter.hash_words(" ".join(f"w{i}" for i in range(300)))
+    assert not set(words) & {0, 1, 2, 3, 4, 5} and max(words) < cfg.decoder.vocab_size
+    assert len(set(words)) > 100  # spread over the vocabulary
+    samples = load_karpathy(shapes_root / "dataset_coco.json", shapes_root, "test")[:2]
+    batch = adapter.prepare(samples)
+    assert ((batch.input_ids == 5).sum(1) == adapter.n_image_tokens).all()
+    assert ((batch.input_ids == 3).sum(1) == 1).all()
+    decoding = adapter.decoding(max_len=6)
+    assert _no_exit(adapter, batch, decoding) == adapter.reference_generate(batch, decoding)

@@ -92,6 +92,15 @@ def eos_ids(value: int | list[int] | None, fallback: int | list[int]) -> tuple[i
     return (v,) if isinstance(v, int) else tuple(v)
 
 
+def token_ids(*values: int | list[int] | None) -> set[int]:
+    """The ids named by config fields, each an id, a list of ids or None."""
+    out: set[int] = set()
+    for v in values:
+        if v is not None:
+            out |= {v} if isinstance(v, int) else set(v)
+    return out
+
+
 class HFAdapterBase(ExitAdapter):
     """Loading, inputs, decoding settings and the reference `generate()`; subclasses drive the layers."""
 
@@ -202,9 +211,25 @@ class HFAdapterBase(ExitAdapter):
         mask = (torch.arange(input_ids.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]).long()
         return HFBatch(input_ids, mask, pixels)
 
-    def hash_words(self, text: str, vocab_size: int, reserved: int = 3) -> list[int]:
-        """Each word an id by hash, above the `reserved` special ids and below the image-related ones."""
-        return [reserved + zlib.crc32(w.encode()) % (vocab_size - reserved - 1) for w in text.split()]
+    def special_ids(self) -> set[int]:
+        """Ids a hashed word must never take: special tokens, image placeholders and the like."""
+        return token_ids(self.bos_id, self.pad_id, list(self.eos), self._generation.get("forced_bos"))
+
+    def hash_words(self, text: str) -> list[int]:
+        """Each word an id by hash, among the vocabulary's ids that are not special (wherever those sit)."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        avoid = sorted(i for i in self.special_ids() if 0 <= i < vocab)
+        if len(avoid) >= vocab:
+            raise MueBenchError(f"this {self.model_class}'s vocabulary has only special tokens")
+        ids = []
+        for w in text.split():
+            i = zlib.crc32(w.encode()) % (vocab - len(avoid))  # the i-th id not in `avoid`
+            for a in avoid:
+                if a > i:
+                    break
+                i += 1
+            ids.append(i)
+        return ids
 
     def text(self, ids: list[int]) -> str:
         if self.processor is None:
