@@ -1,7 +1,7 @@
 """transformers checkpoints as they ship, built offline: a generation_config.json with its own decoding settings,
-a real Gemma3Processor (tokenizer trained here with `tokenizers`), a special-token layout the processor-less
-path must not trip over. No-exit output is compared with the model's own `generate()` run with nothing but the
-checkpoint's own config."""
+a real Gemma3Processor (tokenizer trained here with `tokenizers`), a folder holding only pytorch_model.bin, a
+special-token layout the processor-less path must not trip over. No-exit output is compared with the model's
+own `generate()` run with nothing but the checkpoint's own config."""
 
 from __future__ import annotations
 
@@ -276,3 +276,36 @@ def test_hashed_prompts_avoid_special_ids_wherever_they_sit(shapes_root):
     assert ((batch.input_ids == 3).sum(1) == 1).all()
     decoding = adapter.decoding(max_len=6)
     assert _no_exit(adapter, batch, decoding) == adapter.reference_generate(batch, decoding)
+
+
+# --- weights as pytorch_model.bin ------------------------------------------------------------------------
+def _bin_only(folder: Path) -> Path:
+    adapter = florence2.random_florence2("tiny", seed=1)
+    adapter.save(folder)
+    torch.save(adapter.model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_a_folder_with_only_pytorch_model_bin_loads(tmp_path):
+    """transformers 5 reads pytorch_model.bin (with torch >= 2.6): nothing to convert."""
+    folder = _bin_only(tmp_path / "ckpt")
+    loaded = Florence2Adapter.load(Checkpoint("folder", str(folder)))
+    reference = florence2.random_florence2("tiny", seed=1).model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.model.state_dict().items())
+
+
+def test_a_refused_pytorch_model_bin_says_how_to_convert_it(tmp_path, monkeypatch):
+    """Where transformers refuses torch.load (torch < 2.6), the one line says how to convert to safetensors."""
+    import transformers.modeling_utils
+
+    def refuse():
+        raise ValueError("Due to a serious vulnerability issue in `torch.load` ... upgrade torch to at least v2.6")
+
+    monkeypatch.setattr(transformers.modeling_utils, "check_torch_load_is_safe", refuse)
+    folder = _bin_only(tmp_path / "ckpt")
+    with pytest.raises(SpecError) as err:
+        Florence2Adapter.load(Checkpoint("folder", str(folder)))
+    message = str(err.value)
+    assert "\n" not in message and "vulnerability" in message
+    assert "Florence2ForConditionalGeneration" in message and "safe_serialization=True" in message

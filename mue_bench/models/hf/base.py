@@ -159,11 +159,22 @@ class HFAdapterBase(ExitAdapter):
                 ref, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise SpecError(f"model.checkpoint {ref!r}: cannot load {cls.model_class} "
-                            f"({str(e).splitlines()[0]})") from None
+                            f"({str(e).splitlines()[0]}){cls._conversion_hint(checkpoint)}") from None
         adapter = cls(model, processor, generation_config=generation_config)
         if local_inputs.is_file():
             adapter.image_size = int(json.loads(local_inputs.read_text())["image_size"])
         return adapter
+
+    @classmethod
+    def _conversion_hint(cls, checkpoint: Checkpoint) -> str:
+        """For a folder holding only pytorch_model.bin (which transformers reads only with torch >= 2.6): how to
+        convert it once to safetensors."""
+        folder = checkpoint.path
+        if folder is None or not (folder / "pytorch_model.bin").is_file() or any(folder.glob("*.safetensors")):
+            return ""
+        return (f"; it holds only pytorch_model.bin: convert it once, with torch >= 2.6, by python -c \"from "
+                f"transformers import {cls.model_class} as M; M.from_pretrained('{folder}').save_pretrained("
+                f"'{folder}-safetensors', safe_serialization=True)\" and copy the processor files across")
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
