@@ -129,6 +129,61 @@ def test_sampling_settings_without_sampling_are_accepted(tmp_path):
     assert Florence2Adapter.load(Checkpoint("folder", str(folder))).decoding().num_beams == 1
 
 
+def _florence2_spec(tmp_path: Path, shapes_root: Path, folder: Path, decoding: str) -> Path:
+    rows = json.loads((shapes_root / "dataset_coco.json").read_text())["images"][:2]
+    data = tmp_path / "captions.jsonl"
+    data.write_text("".join(json.dumps({"image": f"{r['filepath']}/{r['filename']}", "prompt": "<CAPTION>",
+                                        "references": ["a shape"]}) + "\n" for r in rows))
+    spec = tmp_path / "f2.toml"
+    spec.write_text(f"""
+[model]
+family = "florence2"
+checkpoint = "{folder}"
+[data]
+dataset = "jsonl"
+annotations = "{data}"
+images = "{shapes_root}"
+[decoding]
+{decoding}
+[run]
+device = "cpu"
+""")
+    return spec
+
+
+def test_a_spec_takes_what_it_leaves_unset_from_the_checkpoint(shipped, tmp_path, shapes_root):
+    from mue_bench.mue.search import DecodingConfig
+    from mue_bench.run.prepare import prepare_inputs
+    from mue_bench.spec import DecodingSpec, load_spec
+
+    folder = Path(shipped[0].model.name_or_path)
+
+    def decoding(text: str) -> tuple:
+        engine, _, _ = prepare_inputs(load_spec(_florence2_spec(tmp_path, shapes_root, folder, text)),
+                                      torch.device("cpu"))
+        d = engine.decoding
+        return d.num_beams, d.max_len, d.no_repeat_ngram, d.forced_bos, d.forced_eos
+
+    assert decoding("") == (3, MAX_LENGTH - 1, 3, FORCED_BOS, (FORCED_EOS,))
+    # the defaults, but written: they win over the checkpoint's
+    assert decoding("num_beams = 1\nmax_len = 16\nno_repeat_ngram = 0") == (1, 16, 0, FORCED_BOS, (FORCED_EOS,))
+    assert decoding('generation_config = "ignore"') == (1, 16, 0, None, ())
+    spec_defaults, engine_defaults = DecodingSpec(), DecodingConfig(0, 0, 0)  # what "unset" falls back to
+    assert [getattr(spec_defaults, f) for f in ("num_beams", "max_len", "no_repeat_ngram")] == \
+        [getattr(engine_defaults, f) for f in ("num_beams", "max_len", "no_repeat_ngram")]
+    with pytest.raises(SpecError, match=r"decoding.generation_config: .*'checkpoint' or 'ignore'"):
+        load_spec(_florence2_spec(tmp_path, shapes_root, folder, 'generation_config = "sometimes"'))
+
+
+def test_a_refused_setting_stops_the_sweep_before_any_model_work(tmp_path, shapes_root):
+    from mue_bench.run.prepare import prepare_inputs
+    from mue_bench.spec import load_spec
+
+    folder = _florence2_checkpoint(tmp_path / "ckpt", repetition_penalty=1.3)
+    with pytest.raises(SpecError, match="generation_config.json sets repetition_penalty = 1.3"):
+        prepare_inputs(load_spec(_florence2_spec(tmp_path, shapes_root, folder, "")), torch.device("cpu"))
+
+
 # --- T5Gemma 2 with its real processor ------------------------------------------------------------------
 TURN = ("<start_of_turn>", "<end_of_turn>")
 CORPUS = ["caption this image", "what is in the picture", "describe the shapes you see", "a red circle on a blue "
