@@ -118,7 +118,7 @@ class HFAdapterBase(ExitAdapter):
         """`generation_config`: "checkpoint" decodes with the settings the model's generation config provides
         (refusing any the engine cannot reproduce), "ignore" with transformers' defaults."""
         self.model, self.processor = model.eval(), processor
-        self.generation_config = generation_config
+        self.generation_mode = generation_config
         if generation_config == "checkpoint":
             name = model.name_or_path
             generation.check(model.generation_config, f"model.checkpoint {name!r}" if name else "model.checkpoint")
@@ -276,7 +276,7 @@ class HFAdapterBase(ExitAdapter):
         from transformers import GenerationConfig
 
         base = self.model.generation_config
-        gen = copy.deepcopy(base) if self.generation_config == "checkpoint" else GenerationConfig()
+        gen = copy.deepcopy(base) if self.generation_mode == "checkpoint" else GenerationConfig()
         gen.update(decoder_start_token_id=self.bos_id, bos_token_id=base.bos_token_id,
                    eos_token_id=list(self.eos) if len(self.eos) > 1 else self.eos_id, pad_token_id=self.pad_id,
                    do_sample=False, num_beams=decoding.num_beams, max_length=None, max_new_tokens=decoding.max_len,
