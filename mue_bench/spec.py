@@ -169,6 +169,10 @@ class DecodingSpec(_Strict):
     # A closed answer set (e.g. ["yes", "no", "maybe"]): the decoder may only emit one of these, as OFA
     # scores SNLI-VE. Empty: free generation.
     answers: tuple[str, ...] = ()
+    # transformers checkpoints: "checkpoint" takes what the spec leaves unset (beams, length, n-gram ban) and
+    # the rest of the checkpoint's generation_config.json (forced BOS/EOS, min length, length penalty, early
+    # stopping) from it, refusing settings the engine cannot reproduce; "ignore" decodes with defaults.
+    generation_config: Literal["checkpoint", "ignore"] = "checkpoint"
 
     @field_validator("answers")
     @classmethod
