@@ -56,11 +56,17 @@ def caption_samples(n: int) -> list[Sample]:
 
 
 def load_model(name: str, batch_size: int, device: torch.device, tiny=None):
-    """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions, or else the transformers
-    model `name` ("<family>-<shape>", e.g. florence2-large) with random weights built from its config (no
-    downloads) on random inputs."""
+    """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions; an OFA size with random
+    weights ("ofa-base") on the same captions at its own resolution; or else the transformers model `name`
+    ("<family>-<shape>", e.g. florence2-large) with random weights built from its config (no downloads) on
+    random inputs."""
     if tiny is not None:
         adapter, batch = tiny, tiny.prepare(caption_samples(batch_size))
+    elif name.startswith("ofa-"):
+        from mue_bench.models.ofa.adapter import OFAAdapter
+
+        adapter = OFAAdapter.random(name)
+        batch = adapter.prepare(caption_samples(batch_size))
     else:
         family, _, shape = name.partition("-")
         adapter, batch = random_hf_model(family, shape, batch_size)
