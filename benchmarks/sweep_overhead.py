@@ -17,13 +17,13 @@ from _common import parser, timed_sweep
 
 from mue_bench.mue.engine import Engine
 from mue_bench.results import SweepStore
-from mue_bench.run import runner
+from mue_bench.run import executor, runner
 from mue_bench.spec import load_spec
 
 # Each part of a sweep and the function that does it.
 PARTS = {
     "model work (warm-up included)": (Engine, "run"),
-    "loading model, data, inputs": (runner, "prepare_inputs"),
+    "loading model, data, inputs": (executor, "prepare_inputs"),
     "per-sample bookkeeping (collect)": (Engine, "collect"),
     "scoring (pycocoevalcap)": (runner, "score"),
     "writing point parts": (SweepStore, "save_point"),
