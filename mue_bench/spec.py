@@ -322,7 +322,11 @@ class SweepSpec(_Strict):
         unknown = set(updates) - set(RunSpec.model_fields)
         if unknown:
             raise TypeError(f"not [run] fields: {', '.join(sorted(unknown))}")
-        return self.model_copy(update={"data": data, "run": self.run.model_copy(update=updates)})
+        try:
+            run = RunSpec.model_validate(self.run.model_dump() | updates)
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(e, "command line").replace(": ", ": --", 1)) from None
+        return self.model_copy(update={"data": data, "run": run})
 
     # --- identity ---------------------------------------------------------------------------------
     def context_hash(self) -> str:

@@ -91,7 +91,10 @@ def sweep_summary(outcome, spec) -> None:
     warnings = pts["timing_warning"].dropna().unique()
     if len(warnings):
         err_console.print(f"[yellow]warning:[/yellow] {warnings[0]}", highlight=False)
-    if outcome.wall_s:
+    if outcome.wall_s and outcome.workers > 1:
+        line(f"timing the full model beside each point took {outcome.reference_s:.1f} s of {outcome.workers} "
+             f"workers' time; this run took {outcome.wall_s:.1f} s")
+    elif outcome.wall_s:
         line(f"timing the full model beside each point took {outcome.reference_s:.1f} s of this run's "
              f"{outcome.wall_s:.1f} s ({outcome.reference_s / outcome.wall_s:.0%})")
     line(f"wrote {spec.results_path()} and {spec.samples_path()}")

@@ -17,13 +17,19 @@ def sweep(
     continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Record a failing point and go on.")]
     = False,
     meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
+    executor: Annotated[str | None, typer.Option("--executor", help="local or ray (overrides run.executor).")]
+    = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or host:port (run.address).")]
+    = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (run.workers).")] = None,
 ) -> None:
     """Run a model across a grid of (image, text, decoder) thresholds; write results/<name>.parquet."""
     # ctx.obj may carry run_sweep's `load` and `timer` (tests hand in a fake model; users never set it)
     from mue_bench.spec import load_spec
 
     with handled():
-        s = load_spec(spec).overridden(limit=limit, device=device)
+        s = load_spec(spec).overridden(limit=limit, device=device, executor=executor, address=address,
+                                       workers=workers)
         if dry_run:
             return render.grid_listing(s)
         from mue_bench.run.runner import SweepOptions, run_sweep  # torch, only once the spec is sound

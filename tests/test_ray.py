@@ -1,0 +1,175 @@
+"""The Ray executor: the same points and metrics as the local one, resume, a worker killed mid-sweep, failures, and
+bad input refused before any work. One small Ray session (2 CPUs) serves every test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mue_bench.cli import app
+from mue_bench.run.runner import Progress, SweepOptions, run_sweep
+from mue_bench.spec import load_spec
+from tests.fakes import FakeEngine, fake_loader
+
+ray = pytest.importorskip("ray")
+
+TIMING = ["latency_s", "wall_s", "wall_full_s", "time_savings", "time_savings_lo", "time_savings_hi", "n_pairs",
+          "realization", "realization_lo", "realization_hi", "latency_p50_s", "latency_p90_s", "timing_warning",
+          "pair_s", "pair_ref_s", "pair_ref_first", "pair_at", "run_id", "created_at", "git_rev"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    with pytest.warns(FutureWarning):  # Ray's note on accelerator variables, about a later release
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write_spec(folder: Path, shapes_root: Path, checkpoint: Path, task: str = "entailment", executor: str = "ray",
+               tau_dec: str = "[0.3, 0.9]", timing: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "r.toml"
+    path.write_text(textwrap.dedent(f"""
+        [model]
+        checkpoint = "{checkpoint}"
+        [data]
+        root = "{shapes_root}"
+        task = "{task}"
+        limit = 4
+        [decoding]
+        max_len = 6
+        [grid]
+        tau_img = [0.5, 0.9]
+        tau_txt = [0.9]
+        tau_dec = {tau_dec}
+        encoder_mode = ["split"]
+        [run]
+        batch_size = 2
+        executor = "{executor}"
+        workers = 2
+        [timing]
+        warmup = 0
+        {timing}
+        [output]
+        dir = "{folder / 'results'}"
+    """))
+    return path
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    keys = ["point_id", "sample_index"] if "sample_index" in df else ["point_id"]
+    return df.drop(columns=[c for c in TIMING if c in df]).sort_values(keys).reset_index(drop=True)
+
+
+def assert_same_results(a, b) -> None:
+    pd.testing.assert_frame_equal(comparable(a.points), comparable(b.points), check_dtype=False)
+    pd.testing.assert_frame_equal(comparable(a.samples), comparable(b.samples), check_dtype=False)
+
+
+def our_workers() -> list:
+    return [ray.get_actor(name) for name in ray.util.list_named_actors() if name.startswith("mue-bench-")]
+
+
+def test_two_workers_give_the_local_executors_points_and_metrics(tmp_path, shapes_root, random_checkpoint):
+    # captions, and timing only the first batch so that grid reuse evaluates the rest on each worker
+    timing = "batches = 1"
+    spread = load_spec(write_spec(tmp_path / "ray", shapes_root, random_checkpoint, "caption", timing=timing))
+    local = load_spec(write_spec(tmp_path / "local", shapes_root, random_checkpoint, "caption", "local",
+                                 timing=timing))
+    done = []
+    on_ray = run_sweep(spread, SweepOptions(meteor=False), Progress(point_done=lambda pid, ok: done.append(pid)))
+    here = run_sweep(local, SweepOptions(meteor=False))
+    assert sorted(done) == sorted(on_ray.computed) == sorted(here.computed) and len(done) == 5
+    assert_same_results(on_ray, here)
+    assert on_ray.points["host"].notna().all() and on_ray.points["device_name"].notna().all()
+    assert not our_workers()  # stopped at the end
+
+
+def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points(tmp_path, shapes_root,
+                                                                             random_checkpoint):
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
+    done = []
+
+    def interrupt_after_two(pid, ok):
+        done.append(pid)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    load = fake_loader(FakeEngine())
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=interrupt_after_two), load=load)
+    assert not our_workers()
+    parts = spec.results_path().with_suffix(".parts")
+    assert sorted(p.stem for p in parts.glob("*.parquet")) == sorted(done)
+    resumed = run_sweep(spec, SweepOptions(meteor=False), load=load)
+    assert sorted(resumed.reused) == sorted(done)
+    assert sorted(resumed.computed) == sorted({c.point_id for c in spec.points()} - set(done))
+    assert len(pd.read_parquet(spec.results_path())) == 5
+
+
+def test_a_worker_killed_mid_sweep_loses_no_point_and_duplicates_none(tmp_path, shapes_root, random_checkpoint):
+    three = "[0.3, 0.6, 0.9]"  # units of three points, so a kill after a unit's first lands inside it
+    spec = load_spec(write_spec(tmp_path / "ray", shapes_root, random_checkpoint, tau_dec=three,
+                                timing="repeats = 2"))
+    local = load_spec(write_spec(tmp_path / "local", shapes_root, random_checkpoint, executor="local", tau_dec=three,
+                                 timing="repeats = 2"))
+    killed, warnings, done = [], [], []
+
+    def kill_a_busy_worker(pid, ok):
+        done.append(pid)
+        if killed or pid.startswith("full"):
+            return
+        states = [ray.get(w.describe.remote(), timeout=30) for w in our_workers()]
+        busy = [s for s in states if s["point"]] or states
+        os.kill(busy[0]["pid"], signal.SIGKILL)
+        killed.append(busy[0])
+
+    out = run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=kill_a_busy_worker, warn=warnings.append))
+    assert killed and len(done) == len(set(done)) == len(spec.points()) == 7
+    if killed[0]["point"]:
+        assert any(f"pid {killed[0]['pid']}" in w and "died" in w for w in warnings)
+    assert out.points["point_id"].is_unique and len(out.points) == 7
+    assert not out.samples.duplicated(["point_id", "sample_index"]).any()
+    assert_same_results(out, run_sweep(local, SweepOptions(meteor=False)))
+
+
+def test_a_point_that_raises_is_recorded_as_failed_not_retried(tmp_path, shapes_root, random_checkpoint):
+    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
+    failing = "img=0.5-txt=0.9-dec=0.3-split-copy-constant"
+    warnings = []
+    out = run_sweep(spec, SweepOptions(continue_on_error=True, meteor=False), Progress(warn=warnings.append),
+                    load=fake_loader(FakeEngine(fail={failing})))
+    assert out.failed == [failing] and len(out.computed) == 4 and not warnings
+    assert "CUDA out of memory" in out.points.set_index("point_id").loc[failing, "error"]
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--address", "127.0.0.1:1"], "no Ray head answers there"),
+    (["--address", "not-an-address"], "give host:port"),
+    (["--workers", "5"], "can place 2 worker(s)"),
+], ids=["unreachable", "malformed", "too-many-workers"])
+def test_bad_ray_input_is_one_line_exit_2_and_writes_nothing(args, expected, tmp_path, shapes_root,
+                                                              random_checkpoint):
+    path = write_spec(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["sweep", str(path), "--no-meteor", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists() and not our_workers()
+
+
+def test_executor_ray_without_ray_installed_is_bad_input(tmp_path, shapes_root, random_checkpoint, monkeypatch):
+    path = write_spec(tmp_path, shapes_root, random_checkpoint, executor="local")
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` now fails
+    result = runner.invoke(app, ["sweep", str(path), "--executor", "ray"])
+    assert result.exit_code == 2 and "pip install 'mue-bench[ray]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
