@@ -36,7 +36,7 @@ class HalfwayLoad:
     def __init__(self, after: int, seconds: float):
         self.after, self.seconds, self.done, self.procs = after, seconds, 0, []
 
-    def point_done(self, pid: str, ok: bool) -> None:
+    def point_done(self, pid: str, ok: bool, summary: object = None) -> None:
         self.done += 1
         if self.done == self.after and not self.procs:
             deadline = time.time() + self.seconds

@@ -73,6 +73,8 @@ POINTS_SCHEMA = pa.schema([
     ("encoder_mode", pa.string()),
     ("kv_fill", pa.string()),
     ("dec_schedule", pa.string()),
+    ("exit_scope", pa.string()),  # "sample" | "batch" (the authors' batch-global similarity)
+    ("head_every_layer", pa.bool_()),  # the LM head ran after every executed decoder layer (the authors' code)
     ("fixed_exit", pa.list_(pa.int32())),
     ("n", pa.int64()),
     ("n_timed", pa.int64()),  # samples whose latency was measured (all unless timing.batches is set)
@@ -124,6 +126,7 @@ POINTS_SCHEMA = pa.schema([
     ("host", pa.string()),
     ("dtype", pa.string()),
     ("batch_size", pa.int64()),
+    ("parity", pa.bool_()),  # grid.parity: every setting of the authors' released code
     ("num_beams", pa.int64()),
     ("max_len", pa.int64()),
     ("torch_version", pa.string()),
@@ -179,6 +182,8 @@ class PointRow:
     encoder_mode: str
     kv_fill: str
     dec_schedule: str
+    exit_scope: str
+    head_every_layer: bool
     fixed_exit: list[int] | None = None
     n: int | None = None
     n_timed: int | None = None

@@ -41,7 +41,8 @@ class _Strict(BaseModel):
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The random-weight shapes each transformers family offers (models/hf/*.py SHAPES holds their configs).
-RANDOM_SHAPES: dict[str, tuple[str, ...]] = {"florence2": ("tiny", "base", "large"), "t5gemma2": ("tiny", "270m")}
+RANDOM_SHAPES: dict[str, tuple[str, ...]] = {"florence2": ("tiny", "base", "large"), "t5gemma2": ("tiny", "270m"),
+                                             "ofa": ("tiny", "medium", "base", "large", "huge")}
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,21 @@ def parse_checkpoint(family: str, text: str) -> Checkpoint:
     if family == "mue-tiny" and "/" not in text and (BUILTIN_DIR / text / "config.json").is_file():
         return Checkpoint("builtin", text)
     folder = Path(text).expanduser()
+    convert = f"; convert it once with `mue-bench convert {text} <folder>`"
     if folder.is_dir():
         missing = [n for n in ("config.json", "model.safetensors") if not (folder / n).is_file()]
-        if family == "mue-tiny" and missing:
-            hint = " (mue-tiny checkpoints are safetensors)" if (folder / "pytorch_model.bin").is_file() else ""
+        if family in ("mue-tiny", "ofa") and missing:
+            has_bin = (folder / "pytorch_model.bin").is_file()
+            hint = {"mue-tiny": " (mue-tiny checkpoints are safetensors)", "ofa": convert}[family] if has_bin else ""
             raise ValueError(f"folder {text} has no {' or '.join(missing)}{hint}")
         return Checkpoint("folder", str(folder))
     if folder.exists():
+        if family == "ofa" and folder.suffix == ".pt":
+            raise ValueError(f"{text} is a fairseq checkpoint (a pickle, never loaded as is){convert}")
         raise ValueError(f"{text} is a file; give the checkpoint folder that holds it")
+    if family == "ofa":
+        raise ValueError(f"folder {text} not found (OFA checkpoints are local folders written by "
+                         "`mue-bench convert`, or random:<size>)")
     if family == "mue-tiny":
         raise ValueError(f"{text!r} is neither a built-in checkpoint ({', '.join(builtin_names())}) "
                          "nor an existing folder")
@@ -102,7 +110,7 @@ def parse_checkpoint(family: str, text: str) -> Checkpoint:
 
 
 class ModelSpec(_Strict):
-    family: Literal["mue-tiny", "florence2", "t5gemma2"] = "mue-tiny"
+    family: Literal["mue-tiny", "florence2", "t5gemma2", "ofa"] = "mue-tiny"
     # See parse_checkpoint: a built-in name, a folder, a hub id or "random:<shape>".
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
@@ -199,14 +207,26 @@ class Range(_Strict):
 Thresholds = list[float] | Range
 
 
+# What `grid.parity = true` sets: the authors' released code, behaviour for behaviour (DESIGN.md §1).
+PARITY: dict[str, list] = {"encoder_mode": ["split"], "kv_fill": ["none"], "dec_schedule": ["official"],
+                           "exit_scope": ["batch"], "head_every_layer": [True]}
+
+
 class GridSpec(_Strict):
     tau_img: Thresholds = [NO_EXIT]
     tau_txt: Thresholds = [NO_EXIT]
     tau_dec: Thresholds = [NO_EXIT]
     # freeze is exact for joint encoders (the shipped mue-tiny, Florence-2); split is the authors' streams
     encoder_mode: list[Literal["split", "freeze"]] = ["freeze"]
-    kv_fill: list[Literal["copy", "propagate", "official"]] = ["copy"]
+    kv_fill: list[Literal["copy", "propagate", "official", "none"]] = ["copy"]
     dec_schedule: list[Literal["official", "constant"]] = ["constant"]
+    # The authors' released code (mue/config.py ExitConfig): the similarity of the whole batch at once, and the
+    # LM head after every executed decoder layer.
+    exit_scope: list[Literal["sample", "batch"]] = ["sample"]
+    head_every_layer: list[bool] = [False]
+    # MuE exactly as the authors' code runs it: every setting in PARITY (and, for OFA, the image stream without
+    # its relative position bias). Each stays available on its own.
+    parity: bool = False
     # Benchmarking mode: exit after exactly these layer counts [img, txt, dec], ignoring similarity.
     fixed_exit: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = []
     # A grid larger than this is refused as a likely typo; raise it here for a grid you mean.
@@ -224,19 +244,31 @@ class GridSpec(_Strict):
                              "a value above 1 means no exit)")
         return v
 
-    @field_validator("encoder_mode", "kv_fill", "dec_schedule")
+    @field_validator("encoder_mode", "kv_fill", "dec_schedule", "exit_scope", "head_every_layer")
     @classmethod
     def _non_empty(cls, v: list) -> list:
         if not v:
             raise ValueError("empty list")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _parity(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("parity") is not True:
+            return data
+        for key, value in PARITY.items():
+            if key in data and list(data[key]) != value:
+                raise ValueError(f"parity = true sets {key} = {value}, but the grid gives {key} = "
+                                 f"{data[key]}; remove one of them")
+        return data | PARITY
+
     @model_validator(mode="after")
     def _not_too_large(self) -> GridSpec:
         def count(v: Thresholds) -> int:
             return v.count() if isinstance(v, Range) else len(v)
 
-        settings = len(self.encoder_mode) * len(self.kv_fill) * len(self.dec_schedule)
+        settings = (len(self.encoder_mode) * len(self.kv_fill) * len(self.dec_schedule) * len(self.exit_scope)
+                    * len(self.head_every_layer))
         n = settings * (count(self.tau_img) * count(self.tau_txt) * count(self.tau_dec) + len(self.fixed_exit))
         if n > self.max_points:
             raise ValueError(f"{n} grid points, more than max_points = {self.max_points}; "
@@ -279,6 +311,10 @@ class OutputSpec(_Strict):
     dir: str = "results"
 
 
+# SNLI-VE's candidates in OFA's label order (tasks/mm_tasks/snli_ve.py:28).
+OFA_ANSWERS = ("no", "yes", "maybe")
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec = ModelSpec()
@@ -289,6 +325,34 @@ class SweepSpec(_Strict):
     timing: TimingSpec = TimingSpec()
     output: OutputSpec = OutputSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ofa_ranks_entailment_answers(cls, data: object) -> object:
+        """OFA scores SNLI-VE by ranking its answers, not by free generation (snli_ve.py): the default there."""
+        if not isinstance(data, dict):
+            return data
+        model, task, decoding = (data.get(k) for k in ("model", "data", "decoding"))
+        if (isinstance(model, dict) and model.get("family") == "ofa" and isinstance(task, dict)
+                and task.get("task", "caption") == "entailment"
+                and (decoding is None or isinstance(decoding, dict) and "answers" not in decoding)):
+            return data | {"decoding": (decoding or {}) | {"answers": list(OFA_ANSWERS)}}
+        return data
+
+    @model_validator(mode="after")
+    def _kv_fill_none_fits(self) -> SweepSpec:
+        """`kv_fill = "none"` leaves a skipped layer one entry short: every row of a layer must skip together,
+        and the model's cache must hold a different length per layer."""
+        if "none" not in self.grid.kv_fill:
+            return self
+        if self.model.family in ("florence2", "t5gemma2"):
+            raise ValueError(f"grid.kv_fill \"none\": the {self.model.family} cache (transformers') keeps one "
+                             "length for every layer; use copy, propagate or official")
+        if "sample" in self.grid.exit_scope and self.run.batch_size > 1:
+            raise ValueError("grid.kv_fill \"none\" with exit_scope \"sample\" needs run.batch_size = 1 (rows "
+                             "of a batch would keep different numbers of entries); set exit_scope = [\"batch\"] "
+                             "or batch_size = 1")
+        return self
+
     # --- grid ------------------------------------------------------------------------------------
     def points(self) -> list[ExitConfig]:
         """Every grid point, the full model first (one per encoder mode), duplicates removed. Two distinct
@@ -298,12 +362,15 @@ class SweepSpec(_Strict):
         def vals(v: Thresholds) -> list[float]:
             return v.values() if isinstance(v, Range) else list(v)
 
-        full = [ExitConfig(encoder_mode=m) for m in g.encoder_mode]
-        grid = [ExitConfig(ti, tt, td, m, f, s)
-                for m, f, s, ti, tt, td in itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule,
-                                                             vals(g.tau_img), vals(g.tau_txt), vals(g.tau_dec))]
-        fixed = [ExitConfig(encoder_mode=m, kv_fill=f, dec_schedule=s, fixed_exit=tuple(x))
-                 for m, f, s, x in itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule, g.fixed_exit)]
+        settings = list(itertools.product(g.encoder_mode, g.kv_fill, g.dec_schedule, g.exit_scope, g.head_every_layer))
+        full = [ExitConfig(encoder_mode=m, head_every_layer=h) for m, h in itertools.product(g.encoder_mode,
+                                                                                             g.head_every_layer)]
+        grid = [ExitConfig(ti, tt, td, m, f, s, exit_scope=e, head_every_layer=h)
+                for (m, f, s, e, h), ti, tt, td in itertools.product(settings, vals(g.tau_img), vals(g.tau_txt),
+                                                                     vals(g.tau_dec))]
+        fixed = [ExitConfig(encoder_mode=m, kv_fill=f, dec_schedule=s, fixed_exit=tuple(x), exit_scope=e,
+                            head_every_layer=h)
+                 for (m, f, s, e, h), x in itertools.product(settings, g.fixed_exit)]
         by_id: dict[str, ExitConfig] = {}
         for cfg in full + grid + fixed:
             cfg = cfg.canonical()

@@ -106,8 +106,8 @@ def test_plot_writes_png_and_svg_for_every_figure(tmp_path, shapes_root, random_
     names = {p.name for p in out.iterdir()}
     for stem in ("tradeoff-layer-quality_rel", "realization", "heatmap-quality_rel", "exit-histograms"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
-    bad = runner.invoke(app, ["plot", str(results), "--x", "joules"])
-    assert bad.exit_code == 2 and "--x must be" in bad.output
+    bad = runner.invoke(app, ["plot", str(results), "--saving", "joules"])
+    assert bad.exit_code == 2 and "--saving must be" in bad.output
 
 
 def test_check_passes_on_identical_results_and_fails_on_doctored_quality(tmp_path, shapes_root, random_checkpoint):

@@ -84,7 +84,7 @@ def test_two_workers_give_the_local_executors_points_and_metrics(tmp_path, shape
     local = load_spec(write_spec(tmp_path / "local", shapes_root, random_checkpoint, "caption", "local",
                                  timing=timing))
     done = []
-    on_ray = run_sweep(spread, SweepOptions(meteor=False), Progress(point_done=lambda pid, ok: done.append(pid)))
+    on_ray = run_sweep(spread, SweepOptions(meteor=False), Progress(point_done=lambda pid, ok, *_: done.append(pid)))
     here = run_sweep(local, SweepOptions(meteor=False))
     assert sorted(done) == sorted(on_ray.computed) == sorted(here.computed) and len(done) == 5
     assert_same_results(on_ray, here)
@@ -97,7 +97,7 @@ def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points(tmp_
     spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
     done = []
 
-    def interrupt_after_two(pid, ok):
+    def interrupt_after_two(pid, ok, *_):
         done.append(pid)
         if len(done) == 2:
             raise KeyboardInterrupt
@@ -122,7 +122,7 @@ def test_a_worker_killed_mid_sweep_loses_no_point_and_duplicates_none(tmp_path, 
                                  timing="repeats = 2"))
     killed, warnings, done = [], [], []
 
-    def kill_a_busy_worker(pid, ok):
+    def kill_a_busy_worker(pid, ok, *_):
         done.append(pid)
         if killed or pid.startswith("full"):
             return

@@ -78,9 +78,11 @@ def test_a_misspelt_field_fails_where_the_row_is_made():
     from mue_bench.results import PointRow
 
     row = PointRow(point_id="p", reference_id="p", status="ok", is_full=True, tau_img=2.0, tau_txt=2.0, tau_dec=2.0,
-                   encoder_mode="split", kv_fill="copy", dec_schedule="constant")
+                   encoder_mode="split", kv_fill="copy", dec_schedule="constant", exit_scope="sample",
+                   head_every_layer=False)
     with pytest.raises(AttributeError):
         row.layer_saving = 0.5  # layer_savings
     with pytest.raises(TypeError):
         PointRow(point_id="p", reference_id="p", status="ok", is_full=True, tau_img=2.0, tau_txt=2.0, tau_dec=2.0,
-                 encoder_mode="split", kv_fill="copy", dec_schedule="constant", qualty=1.0)
+                 encoder_mode="split", kv_fill="copy", dec_schedule="constant", exit_scope="sample",
+                 head_every_layer=False, qualty=1.0)

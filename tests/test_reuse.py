@@ -78,8 +78,8 @@ def test_the_sweep_holds_no_tensors_per_finished_point(tmp_path, shapes_root, ra
     spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
     grid = spec.grid.model_copy(update={"tau_img": [0.5, 0.9], "tau_txt": [0.7, 0.9, 2.0], "tau_dec": [0.3, 0.9]})
     spec = spec.model_copy(update={"grid": grid, "timing": spec.timing.model_copy(update={"batches": batches})})
-    run_sweep(spec, SweepOptions(meteor=False, fresh=True), Progress(point_done=lambda pid, ok: live.append(
-        _live_tensor_bytes())))
+    progress = Progress(point_done=lambda pid, ok, summary=None: live.append(_live_tensor_bytes()))
+    run_sweep(spec, SweepOptions(meteor=False, fresh=True), progress)
     assert len(live) == 13
     # points are grouped by encoder setting: compare the ends of groups after the first (full model) point
     assert max(live[1:]) <= 1.05 * min(live[1:]), live

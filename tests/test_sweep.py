@@ -222,7 +222,7 @@ def test_interrupted_sweep_resumes_to_the_same_result(tmp_path, shapes_root, ran
     spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint, "i", "entailment"))
     done = []
 
-    def interrupt_after_two(pid, ok):
+    def interrupt_after_two(pid, ok, summary=None):
         done.append(pid)
         if len(done) == 2:
             raise KeyboardInterrupt
@@ -297,7 +297,7 @@ def test_a_second_sweep_of_the_same_spec_refuses_while_the_first_runs_and_the_re
 
     refusals = []
 
-    def try_a_second_sweep(pid, ok):
+    def try_a_second_sweep(pid, ok, summary=None):
         if not refusals:
             with pytest.raises(MueBenchError, match="another sweep") as err:
                 _fake_sweep(fake_spec)

@@ -8,7 +8,7 @@ belong to the machine, not to the code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +40,9 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "point_id": self.point_id, "checks": [asdict(c) for c in self.checks]}
 
     def markdown(self) -> str:
         lines = [f"### mue-bench check: {'passed' if self.ok else 'FAILED'}", "",

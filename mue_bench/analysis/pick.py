@@ -62,7 +62,7 @@ class BudgetPick:
 
 def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 5, n_boot: int = 1000) -> BudgetPick:
     if objective not in OBJECTIVES:
-        raise SpecError(f"--objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
+        raise SpecError(f"--saving must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
     points, samples = load_results(path)
     column = OBJECTIVES[objective]
     ranked = candidates(points, budget, column).head(top)

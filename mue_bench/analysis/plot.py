@@ -182,7 +182,7 @@ def plot_files(results: list[Path], out: Path, x: str = "layer", y: str = "quali
                budget: float = 0.99) -> list[Path]:
     """Every figure of the results files (the trade-off figure overlays them all); the paths written."""
     if x not in OBJECTIVES:
-        raise SpecError(f"--x must be one of {', '.join(OBJECTIVES)} (got {x!r})")
+        raise SpecError(f"--saving must be one of {', '.join(OBJECTIVES)} (got {x!r})")
     if y not in ("quality_rel", "quality"):
         raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
     return all_figures([load_results(p) for p in results], out, x, y, budget)

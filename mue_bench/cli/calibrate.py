@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mue_bench.cli import render
-from mue_bench.cli.options import DEFAULT_SPEC, handled
+from mue_bench.cli.options import DEFAULT_SPEC, JsonOpt, handled
 
 
 def calibrate_grid(
@@ -16,6 +16,7 @@ def calibrate_grid(
     = DEFAULT_SPEC,
     samples: Annotated[int, typer.Option(min=1, help="Samples to trace.")] = 20,
     percentile: Annotated[list[float] | None, typer.Option(help="Percentiles to use (repeatable).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Propose τ grids from percentiles of the full model's consecutive-layer similarities."""
     from mue_bench.run.calibrate import propose_grid
@@ -23,4 +24,4 @@ def calibrate_grid(
 
     with handled():
         proposal = propose_grid(load_spec(spec), samples, percentile)
-    render.line(proposal.toml())
+    render.print_json(proposal.to_json()) if as_json else render.line(proposal.toml())

@@ -17,7 +17,17 @@ DEFAULT_SPEC = Path("sweeps/demo.toml")
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (TOML).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N samples.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 or auto (overrides the spec).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (on stdout; progress stays on stderr).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; warnings and errors only.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Progress as one line per point, also in a "
+                                                                  "terminal, with a line as each point starts.")]
+SavingOpt = Annotated[str, typer.Option("--saving", help="Which saving: layer, flop or time.")]
+
+
+def verbosity(quiet: bool, verbose: bool) -> int:
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="--quiet / --verbose")
+    return -1 if quiet else int(verbose)
 BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep, e.g. 0.99.")]
 ResultsArg = Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")]
 

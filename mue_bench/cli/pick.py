@@ -12,8 +12,8 @@ from mue_bench.cli.options import BudgetOpt, JsonOpt, ResultsArg, handled
 
 def pick(
     results: ResultsArg, budget: BudgetOpt = 0.99,
-    objective: Annotated[str, typer.Option(help="Saving to maximise: layer, flop or time (time: by the lower end of "
-                                                "its 95% interval first).")] = "layer",
+    saving: Annotated[str, typer.Option("--saving", help="Saving to maximise: layer, flop or time (time: by the lower "
+                                                         "end of its 95% interval first).")] = "layer",
     top: Annotated[int, typer.Option(min=1, help="Candidates to list.")] = 5,
     risk: Annotated[float | None, typer.Option(
         help="Risk-controlled pick (Learn then Test): bound on mean disagreement with the full model.")] = None,
@@ -26,7 +26,7 @@ def pick(
     from mue_bench.analysis.pick import pick_files
 
     with handled():
-        chosen = pick_files(results, budget, objective, top, risk, confidence, calibration_split, verify)
+        chosen = pick_files(results, budget, saving, top, risk, confidence, calibration_split, verify)
     if as_json:
         render.print_json(chosen.to_json())
     else:

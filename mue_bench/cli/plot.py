@@ -13,7 +13,7 @@ from mue_bench.cli.options import handled
 
 def plot(
     results: Annotated[list[Path], typer.Argument(help="Results file(s); several share one trade-off figure.")],
-    x: Annotated[str, typer.Option(help="Savings axis: layer, flop or time.")] = "layer",
+    saving: Annotated[str, typer.Option("--saving", help="Savings axis: layer, flop or time.")] = "layer",
     y: Annotated[str, typer.Option(help="quality_rel or quality.")] = "quality_rel",
     budget: Annotated[float, typer.Option(help="Quality budget line and picked point.")] = 0.99,
     out: Annotated[Path, typer.Option(help="Directory for the PNG and SVG files.")] = Path("plots"),
@@ -22,6 +22,6 @@ def plot(
     from mue_bench.analysis.plot import plot_files
 
     with handled():
-        paths = plot_files(results, out, x, y, budget)
+        paths = plot_files(results, out, saving, y, budget)
     for p in paths:
         render.line(f"wrote {p}")

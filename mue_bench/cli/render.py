@@ -51,6 +51,11 @@ def line(text: str) -> None:
     console.print(text, highlight=False, markup=False)
 
 
+def note(text: str) -> None:
+    """A remark for the person at the terminal, on stderr so that stdout stays data."""
+    err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def pct_ci(x: object, lo: object, hi: object) -> str:
     """A percentage with its interval, "44.8% [40.1, 49.0]"; the bare value where there is no interval."""
     if x is None or pd.isna(x) or lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
@@ -100,6 +105,44 @@ def sweep_summary(outcome, spec) -> None:
     line(f"wrote {spec.results_path()} and {spec.samples_path()}")
     if outcome.failed:
         err_console.print(f"[red]{len(outcome.failed)} point(s) failed:[/red] " + ", ".join(outcome.failed))
+
+
+def _point_json(r: pd.Series) -> dict:
+    keys = ["point_id", "is_full", "tau_img", "tau_txt", "tau_dec", "encoder_mode", "kv_fill", "dec_schedule",
+            "quality", "quality_rel", "layer_savings", "flop_savings", "time_savings", "time_savings_lo",
+            "time_savings_hi", "consistency"]
+    return {k: r[k] for k in keys}
+
+
+def sweep_json(outcome, spec) -> None:
+    """The summary as data: which points ran, the full model, the best points within 1% and 5% quality loss."""
+    pts = outcome.points
+    ok = pts[pts["status"] == "ok"]
+    full = ok[ok["is_full"]]
+    best = {f"{b:g}": (None if (r := pick(ok, b)) is None else _point_json(r)) for b in (0.99, 0.95)}
+    warnings = pts["timing_warning"].dropna().unique()
+    print_json({"spec": spec.name, "results": str(spec.results_path()), "samples": str(spec.samples_path()),
+                "points": len(pts), "n": int(pts["n"].max()) if len(ok) else 0,
+                "computed": outcome.computed, "reused": outcome.reused, "failed": outcome.failed,
+                "full": _point_json(full.iloc[0]) if len(full) else None, "best": best,
+                "wall_s": outcome.wall_s, "reference_s": outcome.reference_s, "workers": outcome.workers,
+                "timing_warning": warnings[0] if len(warnings) else None})
+
+
+def grid_json(spec) -> None:
+    """The dry-run grid as data."""
+    points = [{"point_id": p.point_id, "is_full": p.is_full, "tau_img": p.tau_img, "tau_txt": p.tau_txt,
+               "tau_dec": p.tau_dec, "encoder_mode": p.encoder_mode, "kv_fill": p.kv_fill,
+               "dec_schedule": p.dec_schedule, "fixed_exit": list(p.fixed_exit) if p.fixed_exit else None}
+              for p in spec.points()]
+    print_json({"spec": spec.name, "results": str(spec.results_path()), "samples": spec.data.limit,
+                "n_points": len(points), "points": points})
+
+
+def eval_json(points: pd.DataFrame) -> None:
+    print_json({"points": [_point_json(r) | {"n": r["n"], "enc_img_layers": r["enc_img_layers"],
+                                             "enc_txt_layers": r["enc_txt_layers"], "dec_layers": r["dec_layers"]}
+                           for _, r in points.iterrows()]})
 
 
 def grid_listing(spec) -> None:
@@ -169,7 +212,7 @@ class _RichHooks:
             start_points=lambda total, done: self.p.update(self.points, total=total, completed=done),
             start_point=lambda pid, n: self.p.reset(self.batches, total=n, description=pid),
             batch_done=lambda: self.p.advance(self.batches),
-            point_done=lambda pid, ok: self.p.advance(self.points),
+            point_done=lambda pid, ok, summary=None: self.p.advance(self.points),
             warming_up=lambda: self.p.update(self.batches, description="warm-up (full model, untimed)"),
             scoring=lambda: self.p.update(self.batches, description="scoring (pycocoevalcap)"),
             warn=lambda msg: err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
@@ -179,18 +222,22 @@ class _RichHooks:
 class _LineHooks:
     """Progress for a log or CI, where a bar would print nothing: one line per finished point on stderr."""
 
-    def __init__(self):
+    def __init__(self, verbose: bool = False):
         self.total, self.done, self.computed, self.started = 0, 0, 0, time.perf_counter()
+        self.verbose = verbose
 
     def _say(self, text: str) -> None:
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    def point_done(self, pid: str, ok: bool) -> None:
+    def point_done(self, pid: str, ok: bool, summary=None) -> None:
         self.done, self.computed = self.done + 1, self.computed + 1
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.computed * (self.total - self.done)
-        self._say(f"[{self.done}/{self.total}] {pid} {'done' if ok else 'FAILED'}  elapsed {elapsed:.0f} s, "
-                  f"eta {eta:.0f} s")
+        what = "FAILED"
+        if ok:
+            what = "done" if summary is None else (f"done  n={summary.n}, layer sav. {pct(summary.layer_savings)}, "
+                                                   f"FLOP sav. {pct(summary.flop_savings)}")
+        self._say(f"[{self.done}/{self.total}] {pid} {what}  elapsed {elapsed:.0f} s, eta {eta:.0f} s")
 
     def hooks(self):
         from mue_bench.run.runner import Progress as Hooks
@@ -199,17 +246,28 @@ class _LineHooks:
             self.total, self.done = total, done
             self._say(f"{total} grid points, {done} already done")
 
-        return Hooks(start_points=start_points, point_done=self.point_done,
+        start_point = (lambda pid, n: self._say(f"{pid}: {n} batches")) if self.verbose else (lambda pid, n: None)
+        return Hooks(start_points=start_points, start_point=start_point, point_done=self.point_done,
                      warming_up=lambda: self._say("warm-up (full model, untimed)"),
-                     scoring=lambda: self._say("scoring (pycocoevalcap)"),
+                     scoring=lambda: self._say("scoring (pycocoevalcap; quality is known after this)"),
                      warn=lambda msg: self._say(f"warning: {msg}"))
 
 
+def _quiet_hooks():
+    from mue_bench.run.runner import Progress as Hooks
+
+    return Hooks(warn=lambda msg: err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False))
+
+
 @contextmanager
-def progress() -> Iterator:
-    """The runner's progress hooks: a transient bar in a terminal, one line per point in a log."""
-    if not err_console.is_terminal:
-        yield _LineHooks().hooks()
+def progress(verbosity: int = 0) -> Iterator:
+    """The runner's progress hooks: a transient bar in a terminal, one line per point in a log (and with
+    verbosity 1 everywhere, with a line as each point starts); verbosity -1 prints warnings only."""
+    if verbosity < 0:
+        yield _quiet_hooks()
+        return
+    if verbosity > 0 or not err_console.is_terminal:
+        yield _LineHooks(verbose=verbosity > 0).hooks()
         return
     bar = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True)

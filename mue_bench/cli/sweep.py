@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from mue_bench.cli import render
-from mue_bench.cli.options import DEFAULT_SPEC, DeviceOpt, LimitOpt, SpecArg, handled
+from mue_bench.cli.options import (
+    DEFAULT_SPEC,
+    DeviceOpt,
+    JsonOpt,
+    LimitOpt,
+    QuietOpt,
+    SpecArg,
+    VerboseOpt,
+    handled,
+    verbosity,
+)
 
 
 def sweep(
@@ -17,6 +27,7 @@ def sweep(
     continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Record a failing point and go on.")]
     = False,
     meteor: Annotated[bool, typer.Option(help="Score METEOR (starts a Java process).")] = True,
+    as_json: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
     executor: Annotated[str | None, typer.Option("--executor", help="local or ray (overrides run.executor).")]
     = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or host:port (run.address).")]
@@ -31,11 +42,11 @@ def sweep(
         s = load_spec(spec).overridden(limit=limit, device=device, executor=executor, address=address,
                                        workers=workers)
         if dry_run:
-            return render.grid_listing(s)
+            return render.grid_json(s) if as_json else render.grid_listing(s)
         from mue_bench.run.runner import SweepOptions, run_sweep  # torch, only once the spec is sound
-        with render.progress() as hooks:
+        with render.progress(verbosity(quiet, verbose)) as hooks:
             options = SweepOptions(fresh=fresh, continue_on_error=continue_on_error, meteor=meteor)
             outcome = run_sweep(s, options, hooks, **(ctx.obj or {}))
-    render.sweep_summary(outcome, s)
+    render.sweep_json(outcome, s) if as_json else render.sweep_summary(outcome, s)
     if outcome.failed:
         raise typer.Exit(1)

@@ -50,6 +50,10 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
         from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 
         adapter = T5Gemma2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation)
+    elif spec.family == "ofa":
+        from mue_bench.models.ofa.adapter import OFAAdapter
+
+        adapter = OFAAdapter.load(checkpoint)
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])

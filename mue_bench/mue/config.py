@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 EncoderMode = Literal["split", "freeze"]
-KVFill = Literal["copy", "propagate", "official"]
+KVFill = Literal["copy", "propagate", "official", "none"]
+ExitScope = Literal["sample", "batch"]
 DecSchedule = Literal["official", "constant"]
 NO_EXIT = 2.0  # any threshold above 1 never fires: cosine similarity is at most 1
 
@@ -24,15 +25,21 @@ class ExitConfig:
     # Benchmarking without a trained model: exit every stream/token after exactly this many layers
     # (image, text, decoder), ignoring similarity. None = similarity-based exits.
     fixed_exit: tuple[int, int, int] | None = None
+    # The authors' code (parity): "batch" decides on the similarity of the whole batch flattened (every sample,
+    # beam and padding position one vector), so the batch exits together; "sample" is MuE as the paper states it.
+    exit_scope: ExitScope = "sample"
+    # The authors' code runs the LM head after every executed decoder layer at inference (its output unused),
+    # a cost their "expected inference time" contains.
+    head_every_layer: bool = False
 
     @property
     def is_full(self) -> bool:
         return self.fixed_exit is None and min(self.tau_img, self.tau_txt, self.tau_dec) > 1
 
     def reference(self) -> ExitConfig:
-        """The full model this point is measured against: same encoder mode, nothing exits
-        (kv_fill and schedule change nothing when nothing exits)."""
-        return ExitConfig(encoder_mode=self.encoder_mode)
+        """The full model this point is measured against: same encoder mode, nothing exits (kv_fill, schedule
+        and exit scope change nothing when nothing exits); a head at every layer is work the full model does too."""
+        return ExitConfig(encoder_mode=self.encoder_mode, head_every_layer=self.head_every_layer)
 
     def canonical(self) -> ExitConfig:
         """One spelling per distinct computation: every no-exit setting is its reference, and every threshold
@@ -62,13 +69,14 @@ def format_tau(t: float) -> str:
 
 def point_id(cfg: ExitConfig) -> str:
     """Stable, filename-safe name of a grid point, e.g. img=0.95-txt=0.99-dec=0.9-split-copy-constant."""
+    quirks = ("-batch" if cfg.exit_scope == "batch" else "") + ("-head" if cfg.head_every_layer else "")
     if cfg.is_full:
-        return f"full-{cfg.encoder_mode}"
+        return f"full-{cfg.encoder_mode}" + ("-head" if cfg.head_every_layer else "")
     if cfg.fixed_exit is not None:
         head = "fixed={}.{}.{}".format(*cfg.fixed_exit)
     else:
         head = f"img={format_tau(cfg.tau_img)}-txt={format_tau(cfg.tau_txt)}-dec={format_tau(cfg.tau_dec)}"
-    return f"{head}-{cfg.encoder_mode}-{cfg.kv_fill}-{cfg.dec_schedule}"
+    return f"{head}-{cfg.encoder_mode}-{cfg.kv_fill}-{cfg.dec_schedule}{quirks}"
 
 
 def decoder_threshold(tau: float, step: int, max_len: int, schedule: DecSchedule) -> float:

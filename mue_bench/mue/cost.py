@@ -18,6 +18,7 @@ class LayerDims:
     merged_cross: bool = False  # decoder attends to [self; encoder] in one attention (T5Gemma 2)
     # Per decoder layer, the sliding window of its self-attention cache (None: full attention).
     dec_windows: tuple[int | None, ...] = ()
+    vocab: int = 0  # the LM head's outputs (for `head_every_layer`, whose extra head calls are counted)
 
     @property
     def q(self) -> int:
@@ -41,6 +42,10 @@ class LayerDims:
             return float(self_attn + 2 * 2 * (self_len + cross_len) * q + self._ffn(1))
         cross_attn = 2 * d * q * 2 + 2 * 2 * cross_len * q
         return float(self_attn + 2 * 2 * self_len * q + cross_attn + self._ffn(1))
+
+    def head(self) -> float:
+        """One token through the LM head."""
+        return float(2 * self.d_model * self.vocab)
 
     def kv_projection(self) -> float:
         return float(2 * self.d_model * self.d_kv * 2)
@@ -66,10 +71,10 @@ def encoder_flops(dims: LayerDims, mode: str, n_img: int, n_txt: int, img_layers
 
 
 def decoder_flops(dims: LayerDims, dec_layers: Sequence[int], cross_len: int, n_layers: int,
-                  kv_fill: str) -> float:
+                  kv_fill: str, extra_heads: int = 0) -> float:
     """Every step's layers, the cross-attention K/V projections of each layer some step reached (once per
-    sample), and CALM's K/V projections for the layers `propagate` fills."""
-    total = dims.kv_projection() * cross_len * max(dec_layers, default=0)
+    sample), CALM's K/V projections for the layers `propagate` fills, and `extra_heads` LM-head calls."""
+    total = dims.kv_projection() * cross_len * max(dec_layers, default=0) + extra_heads * dims.head()
     for step, used in enumerate(dec_layers):
         if dims.dec_windows:
             total += sum(dims.decoder_layer(dims.self_len(layer, step), cross_len) for layer in range(used))

@@ -7,8 +7,14 @@ to a shorter history in deep layers:
 - propagate: each skipped layer projects the exited state with its own K/V weights (CALM). A layer
   that ran for batch-mates on the whole batch already computed exactly that for the exited row, so
   only layers nobody ran (or that ran compacted) are projected;
-- official: the authors' code, the skipped layers' whole self- and cross-attention buffers become
-  copies of layer l's.
+- official: what the authors' code intends, the skipped layers' whole self- and cross-attention buffers
+  become copies of layer l's;
+- none: what the authors' released code computes (its copy never runs): a skipped layer gets no entry for
+  this step, so later tokens reaching it attend over a shorter history. Every row of a layer must then skip
+  together (batch scope, or one sample per batch), which the spec checks.
+With `exit_scope = "batch"` the similarity is one cosine over every active row (beams and samples), so the
+batch exits together; with `head_every_layer` the LM head also runs after every executed layer that does not
+exit (its output unused, as in the authors' loop), a cost counted per sample in `heads`.
 With an adapter that allows it (`compacts`), a layer runs on the rows still active only (batch
 compaction): exited and finished rows cost nothing, and their slots are filled as above.
 """
@@ -20,7 +26,7 @@ import torch
 from mue_bench.mue.adapter import ExitAdapter, compacts
 from mue_bench.mue.cache import KV
 from mue_bench.mue.config import ExitConfig, decoder_threshold
-from mue_bench.mue.similarity import group_similarity
+from mue_bench.mue.similarity import batch_similarity, group_similarity
 
 
 class MuEStepper:
@@ -35,6 +41,7 @@ class MuEStepper:
         # Per step: layers used per sample (0 for samples already finished) and similarities [B, L-1].
         self.layers: list[torch.Tensor] = []
         self.sims: list[torch.Tensor] = []
+        self.heads: list[torch.Tensor] = []  # per step, extra LM-head calls per sample (head_every_layer)
 
     def _fires(self, sim: torch.Tensor, layer: int) -> torch.Tensor:
         fixed = self.cfg.fixed_exit
@@ -49,6 +56,7 @@ class MuEStepper:
         active = alive.clone()
         used = torch.where(alive, n_layers, 0)
         sims = torch.full((len(tokens) // self.beams, n_layers - 1), float("nan"), device=h.device)
+        heads = torch.zeros(len(tokens), dtype=torch.long, device=h.device)
         ran, self._compacted = 0, set()
         for layer in range(n_layers):
             n_active = int(active.sum())  # one host sync per layer: whether to go on, and how
@@ -62,17 +70,28 @@ class MuEStepper:
             else:
                 new = torch.where(active[:, None], adapter.decoder_layer(layer, h, self.cache, self.enc_mask), h)
             ran += 1
+            fire = torch.zeros_like(active)
+            if layer < n_layers - 1 or self.cfg.head_every_layer:
+                if self.cfg.exit_scope == "batch":
+                    sim = batch_similarity(new, h, active)[:: self.beams]
+                else:
+                    sim = group_similarity(new, h, self.beams)
+                fire = active & self._fires(sim, layer + 1).repeat_interleave(self.beams)
             if layer < n_layers - 1:
-                sim = group_similarity(new, h, self.beams)
                 # a sample already out keeps its state (similarity 1): record only what the sample computed
                 sims[:, layer] = torch.where(active.view(-1, self.beams).any(1), sim, sims[:, layer])
-                fire = active & self._fires(sim, layer + 1).repeat_interleave(self.beams)
                 used[fire] = layer + 1
-                active &= ~fire
+            if self.cfg.head_every_layer:
+                goes_on = active & ~fire
+                adapter.logprobs(new[goes_on])  # the authors' per-layer head, for its cost only
+                heads += goes_on.long()
+            active &= ~fire
             h = new
-        self._fill(used, h, ran)
+        if self.cfg.kv_fill != "none":
+            self._fill(used, h, ran)
         self.layers.append(used[:: self.beams].clone())
         self.sims.append(sims)
+        self.heads.append(heads[:: self.beams].clone())
         self.step_index += 1
         return adapter.logprobs(h)
 

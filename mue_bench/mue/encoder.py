@@ -5,7 +5,8 @@ stopping once its consecutive-layer similarity exceeds its threshold. `freeze`: 
 a saturated modality's tokens stop being updated but still serve as keys/values for the others.
 A layer runs while any sample needs it; finished rows keep their state, so each sample's result equals
 what it would get alone. Adapters that allow it (`compacts`) run a layer on the rows that still need it
-only, so a batch no longer costs its deepest exit.
+only, so a batch no longer costs its deepest exit. With `exit_scope = "batch"` (the authors' code) a stream's
+similarity is one cosine over the whole batch, padding included, and the batch's stream exits together.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from mue_bench.mue.adapter import ExitAdapter, Streams, compacts
 from mue_bench.mue.config import ExitConfig
-from mue_bench.mue.similarity import stream_similarity
+from mue_bench.mue.similarity import batch_similarity, stream_similarity
 
 
 @dataclass
@@ -62,8 +63,16 @@ def _layer_on(adapter: ExitAdapter, layer: int, h: torch.Tensor, key_mask: torch
     return out
 
 
+def _similarity(new: torch.Tensor, old: torch.Tensor, mask: torch.Tensor, track: StreamExit, batch: bool,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample over its real positions of the stream, or (batch scope) one value over the active rows."""
+    if batch:
+        return batch_similarity(new, old, track.active, positions)
+    return stream_similarity(new, old, mask if positions is None else mask & positions)
+
+
 def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track: StreamExit, stream: str,
-               ) -> torch.Tensor:
+               batch: bool = False) -> torch.Tensor:
     compact = compacts(adapter)
     for layer in range(adapter.n_enc_layers):
         n_active = int(track.active.sum())  # one host sync per layer
@@ -71,12 +80,13 @@ def _run_split(adapter: ExitAdapter, h: torch.Tensor, mask: torch.Tensor, track:
             break
         rows = track.active.nonzero().squeeze(1) if compact and n_active < len(h) else None
         new = torch.where(track.active[:, None, None], _layer_on(adapter, layer, h, mask, None, rows, stream), h)
-        track.observe(layer, stream_similarity(new, h, mask))
+        track.observe(layer, _similarity(new, h, mask, track, batch))
         h = new
     return h
 
 
-def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: StreamExit) -> torch.Tensor:
+def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: StreamExit, batch: bool = False,
+               ) -> torch.Tensor:
     h = torch.cat([streams.image, streams.text], 1)
     key_mask = torch.cat([streams.image_mask, streams.text_mask], 1)
     is_img = torch.zeros_like(key_mask)
@@ -98,8 +108,8 @@ def _run_joint(adapter: ExitAdapter, streams: Streams, img: StreamExit, txt: Str
         else:
             new = h.clone()
             new[:, queries] = torch.where(update[:, queries, None], out, h[:, queries])
-        img.observe(layer, stream_similarity(new, h, key_mask & is_img))
-        txt.observe(layer, stream_similarity(new, h, key_mask & ~is_img))
+        img.observe(layer, _similarity(new, h, key_mask, img, batch, is_img[0]))
+        txt.observe(layer, _similarity(new, h, key_mask, txt, batch, ~is_img[0]))
         h = new
     return h
 
@@ -109,10 +119,11 @@ def run_encoder(adapter: ExitAdapter, streams: Streams, cfg: ExitConfig) -> Enco
     fixed = cfg.fixed_exit or (None, None, None)
     img = StreamExit(batch, n, cfg.tau_img, fixed[0], device)
     txt = StreamExit(batch, n, cfg.tau_txt, fixed[1], device)
+    batch_scope = cfg.exit_scope == "batch"
     if cfg.encoder_mode == "freeze":
-        h = _run_joint(adapter, streams, img, txt)
+        h = _run_joint(adapter, streams, img, txt, batch_scope)
     else:
-        h = torch.cat([_run_split(adapter, streams.image, streams.image_mask, img, "image"),
-                       _run_split(adapter, streams.text, streams.text_mask, txt, "text")], 1)
+        h = torch.cat([_run_split(adapter, streams.image, streams.image_mask, img, "image", batch_scope),
+                       _run_split(adapter, streams.text, streams.text_mask, txt, "text", batch_scope)], 1)
     mask = torch.cat([streams.image_mask, streams.text_mask], 1)
     return EncoderResult(adapter.encoder_norm(h), mask, img.used, txt.used, img.sims, txt.sims)

@@ -78,12 +78,14 @@ class Decoded:
     tokens: list[int]
     layers: list[int]
     sims: list[list[float]]
+    heads: int = 0  # LM-head calls beyond each step's own (head_every_layer)
 
 
 def decoded_rows(stepper: MuEStepper, tokens: list[list[int]]) -> list[Decoded]:
     layers = torch.stack(stepper.layers, 1).tolist()  # [B, steps]
     sims = torch.stack(stepper.sims, 1).tolist()  # [B, steps, L-1]
-    return [Decoded(t, u, s) for t, u, s in zip(tokens, layers, sims)]
+    heads = torch.stack(stepper.heads, 1).sum(1).tolist()  # [B]
+    return [Decoded(t, u, s, h) for t, u, s, h in zip(tokens, layers, sims, heads)]
 
 
 def sample_exits(adapter: ExitAdapter, cfg: ExitConfig, enc: EncoderResult, b: int, n_img: int, n_txt: int,
@@ -93,7 +95,7 @@ def sample_exits(adapter: ExitAdapter, cfg: ExitConfig, enc: EncoderResult, b: i
     steps = [u for u in dec.layers if u > 0]
     flops = fixed_flops + encoder_flops(adapter.dims, cfg.encoder_mode, n_img, n_txt, img_layers, txt_layers,
                                         adapter.n_enc_layers)
-    flops += decoder_flops(adapter.dims, steps, n_img + n_txt, adapter.n_dec_layers, cfg.kv_fill)
+    flops += decoder_flops(adapter.dims, steps, n_img + n_txt, adapter.n_dec_layers, cfg.kv_fill, dec.heads)
     return SampleExits(
         tokens=dec.tokens, enc_img_layers=img_layers, enc_txt_layers=txt_layers, dec_layers=steps,
         enc_img_sims=enc.img_sims[b].tolist(), enc_txt_sims=enc.txt_sims[b].tolist(),

@@ -9,6 +9,8 @@ invariance (a sample's result does not depend on its batch-mates):
   on the decoder setting. Different encoder thresholds often give a sample the same exits, so generations
   are remembered per (sample, mode, e_img, e_txt, decoder setting) and only the new ones are decoded,
   as one sub-batch of the rows that need it.
+With `exit_scope = "batch"` a sample's exits depend on its batch-mates, so generations are remembered per batch
+(keyed by every row's encoder exits) and a batch is decoded whole, never as a sub-batch.
 Wall-clock timing cannot be shared: the runner times the first `timing.batches` batches of every point by
 running them in full and uses this module for the rest.
 """
@@ -29,12 +31,12 @@ from mue_bench.mue.search import DecodingConfig
 
 def encoder_setting(cfg: ExitConfig) -> Hashable:
     fixed = cfg.fixed_exit[:2] if cfg.fixed_exit else None
-    return cfg.encoder_mode, cfg.tau_img, cfg.tau_txt, fixed
+    return cfg.encoder_mode, cfg.tau_img, cfg.tau_txt, fixed, cfg.exit_scope
 
 
 def decoder_setting(cfg: ExitConfig) -> Hashable:
     fixed = cfg.fixed_exit[2] if cfg.fixed_exit else None
-    return cfg.tau_dec, cfg.kv_fill, cfg.dec_schedule, fixed
+    return cfg.tau_dec, cfg.kv_fill, cfg.dec_schedule, fixed, cfg.exit_scope, cfg.head_every_layer
 
 
 class GridReuse:
@@ -61,8 +63,14 @@ class GridReuse:
             self._executions += int((enc.img_layers + enc.txt_layers).sum())
         streams, enc = self._encoded[batch_index]
         img, txt = enc.img_layers.tolist(), enc.txt_layers.tolist()
-        keys = [(first_sample + b, cfg.encoder_mode, img[b], txt[b], decoder_setting(cfg)) for b in range(len(img))]
+        if cfg.exit_scope == "batch":
+            whole = (first_sample, cfg.encoder_mode, tuple(img), tuple(txt), decoder_setting(cfg))
+            keys: list[tuple] = [(whole, b) for b in range(len(img))]
+        else:
+            keys = [(first_sample + b, cfg.encoder_mode, img[b], txt[b], decoder_setting(cfg)) for b in range(len(img))]
         missing = [b for b, k in enumerate(keys) if k not in self._decoded]
+        if missing and cfg.exit_scope == "batch":
+            missing = list(range(len(img)))
         if missing:
             rows = torch.tensor(missing, device=enc.out.device)
             stepper, tokens = decode(self.adapter, enc.out[rows], enc.mask[rows], cfg, self.decoding)

@@ -33,9 +33,10 @@ class DecodingConfig:
     num_beams: int = 1
     max_len: int = 16
     no_repeat_ngram: int = 0
-    # Beam search semantics of the model's own generation: "fairseq" (OFA, the built-in model) or "hf"
+    # Beam search semantics of the model's own generation: "fairseq" (the built-in model), "ofa" (fairseq's
+    # SequenceGenerator exactly, as OFA's ModelScope and fairseq code run it: see `_fairseq_rules`) or "hf"
     # (transformers `generate()`), so that "no exit" is token-identical to each model's own output.
-    beam_style: Literal["fairseq", "hf"] = "fairseq"
+    beam_style: Literal["fairseq", "ofa", "hf"] = "fairseq"
     length_penalty: float = 1.0  # hf only: finished score = sum log p / generated_length ** length_penalty
     early_stopping: bool | Literal["never"] = False  # hf only, as in transformers' GenerationConfig
     # Never end early: every sample generates max_len tokens. For speed benchmarks on random weights, where
@@ -84,12 +85,29 @@ def _keep_answers(logprobs: torch.Tensor, seqs: list[list[int]], answers: tuple[
         logprobs[r] = keep
 
 
-def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int]) -> None:
+def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int],
+               step: int = 0) -> None:
     _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, rows)
     if cfg.ignore_eos:
         logprobs[:, list(cfg.eos)] = float("-inf")
+    if cfg.beam_style == "ofa":
+        _fairseq_rules(logprobs, cfg, step)
     if cfg.answers:
         _keep_answers(logprobs, seqs, cfg.answers, rows)
+
+
+def _fairseq_rules(logprobs: torch.Tensor, cfg: DecodingConfig, step: int) -> None:
+    """fairseq SequenceGenerator's constraints (min_len 1, max_len_b = max_len - 1): pad is never chosen, the
+    first token is not EOS, and the last step may only end the sequence (with ignore_eos: every sample runs
+    to max_len and ends there). The third rule of "ofa" is in `_beam`: EOS finishes a hypothesis only from
+    the top num_beams candidates."""
+    logprobs[:, cfg.pad_id] = float("-inf")
+    if step == 0:
+        logprobs[:, cfg.eos_id] = float("-inf")
+    if step == cfg.max_len - 1:
+        eos = logprobs[:, cfg.eos_id].clone()
+        logprobs.fill_(float("-inf"))
+        logprobs[:, cfg.eos_id] = torch.where(torch.isinf(eos) & cfg.ignore_eos, 0.0, eos)
 
 
 def _is_eos(tokens: torch.Tensor, cfg: DecodingConfig) -> torch.Tensor:
@@ -111,10 +129,10 @@ def _greedy(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device)
     seqs = [[cfg.bos_id] for _ in range(n)]
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens = torch.full((n,), cfg.bos_id, dtype=torch.long, device=device)
-    for _ in range(cfg.max_len):
+    for t in range(cfg.max_len):
         logprobs = stepper.step(tokens, ~finished).float()
         alive_rows = (~finished).nonzero().flatten().tolist()
-        _constrain(logprobs, seqs, cfg, alive_rows)
+        _constrain(logprobs, seqs, cfg, alive_rows, t)
         tokens = torch.where(finished, cfg.pad_id, logprobs.argmax(-1))
         for r in alive_rows:
             seqs[r].append(int(tokens[r]))
@@ -141,7 +159,7 @@ def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -
         alive = torch.tensor([not done[r // k] for r in range(rows)], device=device)
         logprobs = stepper.step(tokens, alive).float()
         alive_rows = [r for r in range(rows) if not done[r // k]]
-        _constrain(logprobs, seqs, cfg, alive_rows)
+        _constrain(logprobs, seqs, cfg, alive_rows, t)
         vocab = logprobs.shape[-1]
         cand = (scores.reshape(rows, 1) + logprobs).reshape(n, k * vocab)
         top_scores, top_idx = cand.topk(2 * k, dim=-1)
@@ -153,11 +171,13 @@ def _beam(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device) -
             if done[b]:
                 continue
             slot = 0
-            for score, idx in zip(top_scores[b], top_idx[b]):
+            for rank, (score, idx) in enumerate(zip(top_scores[b], top_idx[b])):
                 if score == float("-inf"):
                     break
                 beam, tok = divmod(idx, vocab)
                 row = b * k + beam
+                if tok in cfg.eos and rank >= k and cfg.beam_style == "ofa":
+                    continue  # fairseq finishes only EOS among the top k and continues the best k others
                 if tok in cfg.eos:
                     finished[b].append((score / (t + 1), seqs[row][1:] + [tok]))
                     if len(finished[b]) == k:

@@ -27,6 +27,10 @@ class GridProposal:
     tau_dec: list[float]
     n_samples: int
 
+    def to_json(self) -> dict:
+        return {"percentiles": self.percentiles, "tau_img": self.tau_img, "tau_txt": self.tau_txt,
+                "tau_dec": self.tau_dec, "samples": self.n_samples}
+
     def toml(self) -> str:
         def fmt(values: list[float]) -> str:
             return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"

@@ -39,7 +39,7 @@ def provenance(spec: SweepSpec, device: torch.device, run_id: str) -> dict:
         "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model.resolved),
         "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
         "device": str(device), "dtype": spec.run.dtype,
-        "batch_size": spec.run.batch_size, "num_beams": spec.decoding.num_beams,
+        "batch_size": spec.run.batch_size, "parity": spec.grid.parity, "num_beams": spec.decoding.num_beams,
         "max_len": spec.decoding.max_len, "torch_version": torch.__version__,
         "transformers_version": tf_version, "mue_bench_version": mue_bench.__version__,
         "git_rev": _git_rev(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -41,6 +41,24 @@ class SweepOptions:
     meteor: bool = True
 
 
+@dataclass(frozen=True)
+class PointBrief:
+    """What is known of a point the moment it finishes (quality needs the scoring at the end)."""
+
+    n: int
+    layer_savings: float | None  # against its full model's rows, once those exist
+    flop_savings: float | None
+
+
+def brief(rows: pd.DataFrame, reference: pd.DataFrame | None) -> PointBrief:
+    def saving(col: str) -> float | None:
+        if reference is None or not reference[col].sum():
+            return None
+        return 1.0 - float(rows[col].sum()) / float(reference[col].sum())
+
+    return PointBrief(len(rows), saving("layers_used"), saving("flops"))
+
+
 @dataclass
 class Progress:
     """Callbacks the CLI uses to draw progress; the library itself prints nothing."""
@@ -48,7 +66,8 @@ class Progress:
     start_points: Callable[[int, int], None] = lambda total, done: None
     start_point: Callable[[str, int], None] = lambda pid, n_batches: None
     batch_done: Callable[[], None] = lambda: None
-    point_done: Callable[[str, bool], None] = lambda pid, ok: None
+    # (point id, ok, its PointBrief when ok)
+    point_done: Callable[..., None] = lambda pid, ok, summary=None: None
     warming_up: Callable[[], None] = lambda: None
     scoring: Callable[[], None] = lambda: None
     warn: Callable[[str], None] = lambda message: None
@@ -253,5 +272,5 @@ def _run_points(spec: SweepSpec, options: SweepOptions, progress: Progress, exec
         store.save_point(pid, result.rows)
         done[pid] = result.rows
         outcome.computed.append(pid)
-        progress.point_done(pid, True)
+        progress.point_done(pid, True, brief(result.rows, done.get(configs[pid].reference_id)))
     return outcome

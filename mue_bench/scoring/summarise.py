@@ -134,8 +134,8 @@ def _identity(pid: str, cfg: ExitConfig) -> dict:
     """The columns that say which point a row is."""
     return {"point_id": pid, "reference_id": cfg.reference_id, "is_full": cfg.is_full, "tau_img": cfg.tau_img,
             "tau_txt": cfg.tau_txt, "tau_dec": cfg.tau_dec, "encoder_mode": cfg.encoder_mode,
-            "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule,
-            "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None}
+            "kv_fill": cfg.kv_fill, "dec_schedule": cfg.dec_schedule, "exit_scope": cfg.exit_scope,
+            "head_every_layer": cfg.head_every_layer, "fixed_exit": list(cfg.fixed_exit) if cfg.fixed_exit else None}
 
 
 def failed_rows(failures: Mapping[str, Mapping], configs: Mapping[str, ExitConfig]) -> pd.DataFrame:

@@ -42,7 +42,7 @@ class Florence2Adapter(HFAdapterBase):
         self.eos = eos_ids(gen.eos_token_id, cfg.eos_token_id)
         self.eos_id = self.eos[0]
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else cfg.pad_token_id
-        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
+        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model, vocab=cfg.vocab_size)
         self._head_dim = cfg.d_model // cfg.decoder_attention_heads
         self._n_img: int | None = None
 

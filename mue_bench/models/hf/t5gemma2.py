@@ -60,7 +60,8 @@ class T5Gemma2Adapter(HFAdapterBase):
         heads, kv_heads, head_dim = dec.num_attention_heads, dec.num_key_value_heads, dec.head_dim
         self.dims = LayerDims(dec.hidden_size, dec.intermediate_size, kv_heads * head_dim, d_q=heads * head_dim,
                               ffn_mats=3, merged_cross=True,
-                              dec_windows=tuple(dec.sliding_window if t == SLIDING else None for t in dec.layer_types))
+                              dec_windows=tuple(dec.sliding_window if t == SLIDING else None for t in dec.layer_types),
+                              vocab=dec.vocab_size)
         self._head_dim = head_dim
         self._softcap = dec.final_logit_softcapping
         self._positions: dict[str, torch.Tensor] = {}

@@ -27,7 +27,7 @@ class TinyAdapter(ExitAdapter):
         cfg = model.cfg
         self.n_enc_layers, self.n_dec_layers = cfg.enc_layers, cfg.dec_layers
         self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
-        self.dims = LayerDims(cfg.d_model, cfg.d_ff, cfg.d_model)
+        self.dims = LayerDims(cfg.d_model, cfg.d_ff, cfg.d_model, vocab=cfg.vocab_size)
         self.native_encoder_mode = "freeze" if cfg.encoder_attention == "joint" else "split"
         self._input_flops: float | None = None
 

@@ -1,0 +1,298 @@
+"""The exit engine's view of OFA (see mue/adapter.py for the contract).
+
+OFA's encoder is joint: [image patches; prompt tokens] attend to each other, so its native encoder mode is
+`freeze`. In `split` mode each stream attends within itself, with the position biases of its own positions
+(the image block or the text block of the joint bias), which is the authors' separate-stream MuE encoder.
+Position biases depend on the batch's shape only (model.py), so they are built once per batch in
+`embed_streams` (encoder) and `decoder_cache` (decoder) and every layer call is a pure function of its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mue_bench.data.loaders import Sample
+from mue_bench.errors import SpecError
+from mue_bench.models.ofa.checkpoint import TASK_FILE
+from mue_bench.models.ofa.config import IMAGE_SIZES, OFAConfig, preset
+from mue_bench.models.ofa.inputs import (
+    PATCH_IMAGE_SIZE,
+    caption_text,
+    encode,
+    entailment_text,
+    preprocess_image,
+    source_ids,
+)
+from mue_bench.models.ofa.model import (
+    DecoderPositions,
+    EncoderPositions,
+    OFAModel,
+    additive_mask,
+    load_weights,
+)
+from mue_bench.models.ofa.tokenizer import load_tokenizer, tokenizer_files
+from mue_bench.mue.adapter import ExitAdapter, Streams
+from mue_bench.mue.cache import KV, TensorKVCache
+from mue_bench.mue.cost import LayerDims, counted_flops
+from mue_bench.mue.search import DecodingConfig
+from mue_bench.spec import Checkpoint
+
+N_SPECIAL = 4  # <s>, <pad>, </s>, <unk>
+
+
+@dataclass
+class OFABatch:
+    """Pre-processed inputs: images [B, 3, H, W] (normalised as the checkpoint expects), prompt ids [B, T]
+    right-padded with the pad id, mask [B, T] True on real tokens."""
+
+    images: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> OFABatch:
+        return OFABatch(self.images.to(device), self.ids.to(device), self.mask.to(device))
+
+    def select(self, rows: list[int]) -> OFABatch:
+        """These samples, with the padding columns none of them needs dropped."""
+        mask = self.mask[rows]
+        width = int(mask.sum(1).max())
+        return OFABatch(self.images[rows], self.ids[rows, :width], mask[:, :width])
+
+
+def collate(images: list[torch.Tensor], ids: list[list[int]], pad_id: int) -> OFABatch:
+    width = max(len(x) for x in ids)
+    out = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.bool)
+    for i, x in enumerate(ids):
+        out[i, : len(x)], mask[i, : len(x)] = torch.tensor(x, dtype=torch.long), True
+    return OFABatch(torch.stack(images), out, mask)
+
+
+class OFACache(TensorKVCache):
+    """The plain-tensor KV cache plus the batch's decoder position biases (shared by all rows)."""
+
+    def __init__(self, n_layers: int, cross_kv, positions: DecoderPositions):
+        super().__init__(n_layers, cross_kv)
+        self.positions = positions
+
+
+class OFAAdapter(ExitAdapter):
+    family = "ofa"
+    native_encoder_mode = "freeze"
+    row_subsets = True  # position biases are batch-independent and masks per row: layers are pure in their rows
+
+    def __init__(self, model: OFAModel, tokenizer=None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        cfg = model.cfg
+        self.n_enc_layers, self.n_dec_layers = cfg.encoder_layers, cfg.decoder_layers
+        self.bos_id, self.eos_id, self.pad_id = cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
+        # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
+        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
+        self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
+        self._input_flops: dict[tuple, float] = {}
+
+    # --- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, path: str | Path, tokenizer=None) -> OFAAdapter:
+        """A folder with config.json (ModelScope's fields) and model.safetensors (ModelScope's names)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config, weights = path / "config.json", path / "model.safetensors"
+        for f in (config, weights):
+            if not f.is_file():
+                hint = " (a pytorch_model.bin or .pt? convert it to safetensors first)" if f == weights else ""
+                raise SpecError(f"checkpoint file not found: {f}{hint}")
+        try:
+            cfg = OFAConfig.from_dict(json.loads(config.read_text()))
+        except (ValueError, AttributeError) as e:  # not JSON, or not an object
+            raise SpecError(f"{config}: not an OFA config ({str(e).splitlines()[0]})") from None
+        except SpecError as e:
+            raise SpecError(f"{config}: {e}") from None
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors' own error types: a torn or foreign file
+            raise SpecError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        model = OFAModel(cfg)
+        load_weights(model, state, str(weights))
+        return cls(model, tokenizer)
+
+    @classmethod
+    def random(cls, shape: str = "tiny", seed: int = 0, **overrides) -> OFAAdapter:
+        """Random weights of a released size (`random:ofa-base` style checkpoints, speed benchmarks);
+        `overrides` change config fields (tests shrink the vocabulary and the ResNet)."""
+        name = shape.removeprefix("ofa-")
+        torch.manual_seed(seed)
+        model = OFAModel(preset(name, **overrides))
+        randomise(model)
+        adapter = cls(model)
+        adapter.image_size = IMAGE_SIZES.get(name, 256)
+        return adapter
+
+    image_size: int = 256  # patch_image_size: what every image is resized to
+
+    @classmethod
+    def load(cls, checkpoint: Checkpoint) -> OFAAdapter:
+        """A converted folder (`mue-bench convert`: model.safetensors, config.json, the tokenizer files and
+        ofa_task.json with the fine-tuning resolution), or random weights of a released size."""
+        if checkpoint.kind == "random":
+            return cls.random(checkpoint.ref)
+        folder = checkpoint.path
+        assert folder is not None  # parse_checkpoint admits folders and random shapes only for OFA
+        tokenizer = load_tokenizer(folder) if tokenizer_files(folder) == "hf" else None
+        adapter = cls.from_folder(folder, tokenizer)
+        task_file = folder / TASK_FILE
+        task = json.loads(task_file.read_text()) if task_file.is_file() else {}
+        size = task.get("patch_image_size") or IMAGE_SIZES.get(str(task.get("arch", "")).removeprefix("ofa_"))
+        adapter.image_size = int(size or PATCH_IMAGE_SIZE)
+        return adapter
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def prepare(self, samples: list[Sample]) -> OFABatch:
+        """Images and prompts as OFA's caption and SNLI-VE tasks build them (inputs.py); a JSONL sample's own
+        prompt replaces the task's."""
+        images = []
+        for s in samples:
+            with Image.open(s.image) as im:
+                images.append(preprocess_image(im, self.image_size))
+        return collate(images, [self._source(s) for s in samples], self.pad_id)
+
+    def _source(self, sample: Sample) -> list[int]:
+        text = sample.prompt or (caption_text() if sample.task == "caption" else entailment_text(sample.hypothesis))
+        if self.tokenizer is not None:
+            return source_ids(self.tokenizer, text)
+        # Random weights have no tokenizer: each word an id by hash, clear of the special ids.
+        vocab = self.model.cfg.vocab_size
+        return [self.bos_id, *(N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()),
+                self.eos_id]
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        """BPE(" " + answer) + </s>, as OFA scores SNLI-VE's candidates (snli_ve.py:82-89)."""
+        if self.tokenizer is None:
+            raise SpecError("decoding.answers: this OFA checkpoint has no tokenizer (vocab.json, merges.txt) to "
+                            "spell the answers with; convert it with --tokenizer, or set decoding.answers = []")
+        return (*encode(self.tokenizer, " " + answer), self.eos_id)
+
+    def text(self, ids: list[int]) -> str:
+        kept = [i for i in ids if i not in (self.bos_id, self.eos_id, self.pad_id)]
+        if self.tokenizer is None:
+            return " ".join(map(str, kept))
+        return self.tokenizer.decode(kept).strip()
+
+    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
+                 ) -> DecodingConfig:
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
+                              beam_style="ofa", ignore_eos=ignore_eos)
+
+    def reference_generate(self, batch: OFABatch, decoding: DecodingConfig) -> list[list[int]]:
+        """The model's own generation, untouched by the engine."""
+        return self.model.generate(self._pixels(batch), batch.ids, batch.mask, decoding)
+
+    def _pixels(self, batch: OFABatch) -> torch.Tensor:
+        return batch.images.to(self.model.encoder.image_proj.weight.dtype)
+
+    def input_flops(self, batch: OFABatch) -> float:
+        """FLOPs per sample of the work no exit skips: the ResNet and image_proj, and the position biases
+        built once per batch (the encoder's TUPE bias, the decoder's cross-attention position keys)."""
+        key = (tuple(batch.images.shape[1:]), batch.ids.shape[1])
+        if key not in self._input_flops:
+            one = OFABatch(self._pixels(batch)[:1], batch.ids[:1], batch.mask[:1])
+
+            def fixed_work() -> None:
+                _, grid = self.model.encoder.embed_image(one.images)
+                DecoderPositions(self.model.decoder, self.model.encoder.positions(grid, one.ids.shape[1]).src_pos)
+
+            self._input_flops[key] = counted_flops(fixed_work)
+        return self._input_flops[key]
+
+    # --- ExitAdapter --------------------------------------------------------------------------------
+    def embed_streams(self, batch: OFABatch) -> Streams:
+        enc = self.model.encoder
+        image, grid = enc.embed_image(self._pixels(batch))
+        self._positions = enc.positions(grid, batch.ids.shape[1])
+        return Streams(image, enc.embed_text(batch.ids, batch.mask), batch.mask)
+
+    def _encoder_positions(self, n: int, stream: str) -> EncoderPositions:
+        pos = self._positions
+        assert pos is not None, "embed_streams runs before the encoder layers"
+        expected = {"joint": pos.n_img + pos.n_txt, "image": pos.n_img, "text": pos.n_txt}[stream]
+        assert n == expected, f"{stream} stream of {n} positions; embed_streams saw {expected}"
+        return pos
+
+    def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
+                      stream: str = "joint") -> torch.Tensor:
+        enc = self.model.encoder
+        bias = enc.layer_bias(self._encoder_positions(h.shape[1], stream), layer, stream, queries)
+        return enc.layers[layer](h, bias + additive_mask(key_mask, h.dtype), queries)
+
+    def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
+        norm = self.model.encoder.layer_norm
+        return h if norm is None else norm(h)
+
+    def decoder_cache(self, enc_out: torch.Tensor) -> OFACache:
+        pos = self._encoder_positions(enc_out.shape[1], "joint")
+        dec = self.model.decoder
+        return OFACache(self.n_dec_layers, lambda layer: dec.layers[layer].cross_kv(enc_out),
+                        DecoderPositions(dec, pos.src_pos))
+
+    def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        return self.model.decoder.embed(tokens[:, None], step)[:, 0]
+
+    def _decoder_layer(self, layer: int, h: torch.Tensor, cache: TensorKVCache, enc_mask: torch.Tensor,
+                       positions: DecoderPositions, step: int) -> torch.Tensor:
+        cross_bias = positions.cross_bias(step) + additive_mask(enc_mask, h.dtype)
+        out, k, v = self.model.decoder.layers[layer](h[:, None], cache.past(layer), cache.cross(layer),
+                                                     positions.self_bias(layer, step), cross_bias)
+        cache.append(layer, k, v)
+        return out[:, 0]
+
+    def decoder_layer(self, layer: int, h: torch.Tensor, cache: OFACache, enc_mask: torch.Tensor,
+                      ) -> torch.Tensor:
+        # Every kv_fill leaves each layer one slot per step, so the cache length is this token's position.
+        return self._decoder_layer(layer, h, cache, enc_mask, cache.positions, cache.length(layer))
+
+    def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: OFACache,
+                           enc_mask: torch.Tensor) -> torch.Tensor:
+        sub = cache.rows(layer, rows)
+        out = self._decoder_layer(layer, h, sub, enc_mask[rows], cache.positions, cache.length(layer))
+        cache.append_rows(layer, rows, sub)
+        return out
+
+    def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
+        return self.model.decoder.layers[layer].self_kv(h[:, None])
+
+    def logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.model.decoder.logits(h), -1, dtype=torch.float32)
+
+
+def randomise(model: OFAModel) -> OFAModel:
+    """Random weights under which a random OFA's outputs depend on its inputs and vary from step to step:
+    unit-variance embeddings, position and relative-bias tables (zero-initialised in OFA), linear layers
+    scaled by fan-in, identity norms; each ResNet block's last BatchNorm scaled down so that deep ResNets
+    stay finite (BatchNorm statistics stay neutral)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if p.dim() == 0:  # a contrastive temperature: kept as configured
+                continue
+            if p.dim() == 4:  # convolutions
+                p.normal_(0, (2.0 / p[0].numel()) ** 0.5)
+            elif p.dim() == 1 and (name.endswith("c_attn") or "norm" in name or "_ln" in name or ".bn" in name
+                                   or "downsample.1" in name):
+                p.fill_(1.0 if leaf == "weight" or leaf == "c_attn" else 0.0)
+                if ".bn3." in name and leaf == "weight":
+                    p.fill_(0.2)
+            elif leaf == "bias":
+                p.normal_(0, 0.02)
+            elif "embed" in name or "rel_pos_table" in name:
+                p.normal_(0, 1.0)
+            else:
+                p.normal_(0, p.shape[-1] ** -0.5)
+    return model

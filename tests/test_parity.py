@@ -1,0 +1,122 @@
+"""The authors' released behaviours, each switchable on its own (mue/config.py ExitConfig, spec grid.parity),
+shown to be really there: batch-global exits, the missing KV fill, the per-layer LM head."""
+
+import textwrap
+
+import pytest
+import torch
+
+from mue_bench.errors import SpecError
+from mue_bench.mue import ExitConfig
+from mue_bench.mue.engine import run_model
+from mue_bench.mue.search import DecodingConfig
+from mue_bench.spec import load_spec
+from tests.conftest import padded_batch, random_tiny
+
+DECODING = DecodingConfig(1, 2, 0, max_len=8, ignore_eos=True)
+TAUS = [round(0.05 * i, 2) for i in range(-4, 20)]
+
+
+def _exits(adapter, batch, cfg):
+    raw = run_model(adapter, batch, cfg, DECODING)
+    dec = torch.stack(raw.stepper.layers, 1)
+    return raw.encoder.img_layers.tolist(), raw.encoder.txt_layers.tolist(), dec.tolist(), raw
+
+
+@pytest.mark.parametrize("mode", ["split", "freeze"])
+def test_batch_scope_makes_a_samples_exits_depend_on_its_batch_mates(mode):
+    adapter, batch = random_tiny(mode == "freeze" and "joint" or "split"), padded_batch()
+    differs = False
+    for tau in TAUS:
+        cfg = ExitConfig(tau, tau, tau, encoder_mode=mode, exit_scope="batch")
+        together = _exits(adapter, batch, cfg)
+        alone = _exits(adapter, batch.select([0]), cfg)
+        differs |= (together[0][0], together[1][0], together[2][0]) != (alone[0][0], alone[1][0], alone[2][0])
+        assert len(set(together[0])) == 1 and len(set(together[1])) == 1  # the batch exits together
+    assert differs
+
+
+@pytest.mark.parametrize("mode", ["split", "freeze"])
+def test_batch_scope_equals_sample_scope_for_one_unpadded_sample(mode):
+    adapter = random_tiny(mode == "freeze" and "joint" or "split")
+    one = padded_batch().select([0])  # the longest prompt: alone it has no padding
+    for tau in TAUS[::3]:
+        sample = _exits(adapter, one, ExitConfig(tau, tau, tau, encoder_mode=mode))
+        batch = _exits(adapter, one, ExitConfig(tau, tau, tau, encoder_mode=mode, exit_scope="batch"))
+        assert sample[:3] == batch[:3] and sample[3].tokens == batch[3].tokens
+
+
+def _first_exiting_tau(adapter, batch, fill):
+    for tau in TAUS:
+        cfg = ExitConfig(2.0, 2.0, tau, kv_fill=fill, exit_scope="batch")
+        dec = _exits(adapter, batch, cfg)[2]
+        steps = dec[0]
+        if any(steps[t] < max(steps[t + 1:]) for t in range(len(steps) - 1)):  # a later token goes deeper
+            return tau
+    raise AssertionError("no decoder threshold exits early")
+
+
+def test_kv_fill_none_leaves_skipped_layers_short_and_changes_later_tokens():
+    adapter, batch = random_tiny(), padded_batch()
+    tau = _first_exiting_tau(adapter, batch, "none")
+    none = _exits(adapter, batch, ExitConfig(2.0, 2.0, tau, kv_fill="none", exit_scope="batch"))
+    copy = _exits(adapter, batch, ExitConfig(2.0, 2.0, tau, kv_fill="copy", exit_scope="batch"))
+    cache, steps = none[3].stepper.cache, none[2][0]
+    for layer in range(adapter.n_dec_layers):  # a layer holds one entry per step that reached it
+        assert cache.length(layer) == sum(u > layer for u in steps)
+    assert cache.length(adapter.n_dec_layers - 1) < cache.length(0)
+    assert all(copy[3].stepper.cache.length(layer) == len(steps) for layer in range(adapter.n_dec_layers))
+    first = next(t for t in range(len(steps) - 1) if steps[t] < max(steps[t + 1:]))
+    sims_none = torch.stack(none[3].stepper.sims)[first + 1:]
+    sims_copy = torch.stack(copy[3].stepper.sims)[first + 1:]
+    assert not torch.allclose(sims_none.nan_to_num(), sims_copy.nan_to_num())
+
+
+def test_head_every_layer_adds_the_heads_flops_per_executed_layer_that_goes_on():
+    from mue_bench.mue.engine import collect
+
+    adapter, batch = random_tiny(), padded_batch()
+    head = adapter.dims.head()
+    assert head == 2 * adapter.dims.d_model * adapter.model.cfg.vocab_size
+    for cfg in (ExitConfig(), ExitConfig(0.3, 0.3, 0.3)):
+        plain = collect(adapter, run_model(adapter, batch, cfg, DECODING), cfg)
+        heads_cfg = ExitConfig(cfg.tau_img, cfg.tau_txt, cfg.tau_dec, head_every_layer=True)
+        with_heads = collect(adapter, run_model(adapter, batch, heads_cfg, DECODING), heads_cfg)
+        for a, b in zip(plain.samples, with_heads.samples):
+            assert a.tokens == b.tokens and a.dec_layers == b.dec_layers  # the head changes the cost only
+            L = adapter.n_dec_layers
+            expected = sum(u if u == L else u - 1 for u in a.dec_layers)
+            assert b.flops - a.flops == pytest.approx(expected * head)
+
+
+def _spec(tmp_path, body: str):
+    path = tmp_path / "p.toml"
+    path.write_text(textwrap.dedent(body))
+    return load_spec(path)
+
+
+def test_parity_sets_every_quirk_and_names_them_in_the_point_id(tmp_path):
+    spec = _spec(tmp_path, """
+        [grid]
+        parity = true
+        tau_img = [0.99]
+        tau_txt = [0.7]
+        tau_dec = [0.9]
+        """)
+    full, point = spec.points()
+    assert full.point_id == "full-split-head" and full.head_every_layer
+    assert point.point_id == "img=0.99-txt=0.7-dec=0.9-split-none-official-batch-head"
+    assert (point.exit_scope, point.kv_fill, point.dec_schedule, point.encoder_mode) == ("batch", "none",
+                                                                                         "official", "split")
+    assert point.reference_id == full.point_id
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[grid]\nparity = true\nkv_fill = [\"copy\"]\n", "parity = true sets kv_fill"),
+    ("[grid]\nkv_fill = [\"none\"]\n[run]\nbatch_size = 2\n", "batch_size = 1"),
+    ("[model]\nfamily = \"florence2\"\ncheckpoint = \"random:tiny\"\n[grid]\nkv_fill = [\"none\"]\n"
+     "exit_scope = [\"batch\"]\n", "one length for every layer"),
+])
+def test_quirk_combinations_that_cannot_run_are_refused_at_load(tmp_path, body, message):
+    with pytest.raises(SpecError, match=message):
+        _spec(tmp_path, body)
