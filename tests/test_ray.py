@@ -92,8 +92,8 @@ def test_two_workers_give_the_local_executors_points_and_metrics(tmp_path, shape
     assert not our_workers()  # stopped at the end
 
 
-def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points(tmp_path, shapes_root,
-                                                                             random_checkpoint):
+def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points_and_records_a_raising_one(
+        tmp_path, shapes_root, random_checkpoint):
     spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
     done = []
 
@@ -102,24 +102,27 @@ def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points(tmp_
         if len(done) == 2:
             raise KeyboardInterrupt
 
-    load = fake_loader(FakeEngine())
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=interrupt_after_two), load=load)
+        run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=interrupt_after_two),
+                  load=fake_loader(FakeEngine()))
     assert not our_workers()
     parts = spec.results_path().with_suffix(".parts")
     assert sorted(p.stem for p in parts.glob("*.parquet")) == sorted(done)
-    resumed = run_sweep(spec, SweepOptions(meteor=False), load=load)
-    assert sorted(resumed.reused) == sorted(done)
-    assert sorted(resumed.computed) == sorted({c.point_id for c in spec.points()} - set(done))
-    assert len(pd.read_parquet(spec.results_path())) == 5
+    missing = sorted({c.point_id for c in spec.points()} - set(done))
+    warnings = []  # a point that raises is a failed point, not a dead worker: recorded once, not retried
+    resumed = run_sweep(spec, SweepOptions(continue_on_error=True, meteor=False), Progress(warn=warnings.append),
+                        load=fake_loader(FakeEngine(fail={missing[0]})))
+    assert sorted(resumed.reused) == sorted(done) and not warnings
+    assert sorted(resumed.computed) == missing[1:] and resumed.failed == [missing[0]]
+    points = pd.read_parquet(spec.results_path()).set_index("point_id")
+    assert len(points) == 5 and "CUDA out of memory" in points.loc[missing[0], "error"]
 
 
 def test_a_worker_killed_mid_sweep_loses_no_point_and_duplicates_none(tmp_path, shapes_root, random_checkpoint):
     three = "[0.3, 0.6, 0.9]"  # units of three points, so a kill after a unit's first lands inside it
-    spec = load_spec(write_spec(tmp_path / "ray", shapes_root, random_checkpoint, tau_dec=three,
-                                timing="repeats = 2"))
-    local = load_spec(write_spec(tmp_path / "local", shapes_root, random_checkpoint, executor="local", tau_dec=three,
-                                 timing="repeats = 2"))
+    spec = load_spec(write_spec(tmp_path / "ray", shapes_root, random_checkpoint, tau_dec=three))
+    local = load_spec(write_spec(tmp_path / "local", shapes_root, random_checkpoint, executor="local", tau_dec=three))
+    load = fake_loader(FakeEngine(delay_s=0.05))
     killed, warnings, done = [], [], []
 
     def kill_a_busy_worker(pid, ok, *_):
@@ -131,23 +134,36 @@ def test_a_worker_killed_mid_sweep_loses_no_point_and_duplicates_none(tmp_path, 
         os.kill(busy[0]["pid"], signal.SIGKILL)
         killed.append(busy[0])
 
-    out = run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=kill_a_busy_worker, warn=warnings.append))
+    out = run_sweep(spec, SweepOptions(meteor=False), Progress(point_done=kill_a_busy_worker, warn=warnings.append),
+                    load=load)
     assert killed and len(done) == len(set(done)) == len(spec.points()) == 7
     if killed[0]["point"]:
         assert any(f"pid {killed[0]['pid']}" in w and "died" in w for w in warnings)
     assert out.points["point_id"].is_unique and len(out.points) == 7
     assert not out.samples.duplicated(["point_id", "sample_index"]).any()
-    assert_same_results(out, run_sweep(local, SweepOptions(meteor=False)))
+    assert_same_results(out, run_sweep(local, SweepOptions(meteor=False), load=load))
 
 
-def test_a_point_that_raises_is_recorded_as_failed_not_retried(tmp_path, shapes_root, random_checkpoint):
-    spec = load_spec(write_spec(tmp_path, shapes_root, random_checkpoint))
-    failing = "img=0.5-txt=0.9-dec=0.3-split-copy-constant"
-    warnings = []
-    out = run_sweep(spec, SweepOptions(continue_on_error=True, meteor=False), Progress(warn=warnings.append),
-                    load=fake_loader(FakeEngine(fail={failing})))
-    assert out.failed == [failing] and len(out.computed) == 4 and not warnings
-    assert "CUDA out of memory" in out.points.set_index("point_id").loc[failing, "error"]
+def test_a_unit_whose_worker_dies_each_time_fails_after_three_tries_instead_of_forever(fake_spec_configs):
+    from collections import deque
+
+    from mue_bench.run.ray_executor import TRIES, RayExecutor, WorkerLost
+
+    executor, queue, tries, warnings = RayExecutor.__new__(RayExecutor), deque(), {}, []
+    executor.info = [{"pid": 1, "host": "h"}]
+    unit = fake_spec_configs[1:3]
+    for attempt in range(TRIES):
+        lost = list(executor._lost(0, list(unit), queue, tries, Progress(warn=warnings.append), RuntimeError()))
+        if attempt < TRIES - 1:
+            assert not lost and queue.popleft() == unit  # back to the front of the queue
+    assert len(warnings) == TRIES - 1 and not queue
+    assert [d.point_id for d in lost] == [c.point_id for c in unit]
+    assert all(isinstance(d.error, WorkerLost) and d.rows is None for d in lost)
+
+
+@pytest.fixture
+def fake_spec_configs(tmp_path, shapes_root, random_checkpoint):
+    return load_spec(write_spec(tmp_path, shapes_root, random_checkpoint)).points()
 
 
 runner = CliRunner()

@@ -178,9 +178,11 @@ class RayExecutor:
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # a Ray started here runs no dashboard, so no metrics agent: its workers would complain of the missing one
+            local = {"_system_config": {"enable_metrics_collection": False}} if address is None else {}
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
+                         log_to_driver=False, **local)
             except ConnectionError as e:
                 raise SpecError(f"run.address {address!r}: {_first_line(e)}") from None
         self.started_ray = True
@@ -273,7 +275,7 @@ class RayExecutor:
         who = f"Ray worker {w} (pid {self.info[w]['pid']} on {self.info[w]['host']})" if w < len(self.info) else \
             f"Ray worker {w}"
         if tries[key] < TRIES:
-            progress.warn(f"{who} died running {unit[0].point_id} ({_first_line(error)}); its {len(unit)} "
+            progress.warn(f"{who} died running {unit[0].point_id} ({type(error).__name__}); its {len(unit)} "
                           "remaining point(s) go to the next free worker")
             queue.appendleft(unit)
             return
