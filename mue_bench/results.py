@@ -451,10 +451,15 @@ class SweepStore:
             shutil.rmtree(self.parts, ignore_errors=True)
 
 
+# Columns added after files were first written, with the value every older file's points had.
+LATER_COLUMNS = {"exit_scope": "sample", "head_every_layer": False, "parity": False}
+
+
 def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A points table fit to analyse: the named columns (default: the whole schema) present and typed, at least
     one row, each point once, and a successful full-model row. Anything else is one line naming the file."""
     columns = columns or POINTS_SCHEMA.names
+    points = points.assign(**{c: v for c, v in LATER_COLUMNS.items() if c not in points})
     missing = [c for c in columns if c not in points]
     if missing:
         raise SpecError(f"{path}: not a mue-bench results file of this version (no {', '.join(missing[:5])}"

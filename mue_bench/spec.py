@@ -115,6 +115,9 @@ class ModelSpec(_Strict):
     checkpoint: str = "mue-tiny"
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # transformers models only
+    # OFA only. False: the image stream without its relative position bias, as the authors' MuE encoder runs
+    # it (set by grid.parity).
+    image_rel_bias: bool = True
 
     @field_validator("checkpoint")
     @classmethod
@@ -166,6 +169,10 @@ class DecodingSpec(_Strict):
     # A closed answer set (e.g. ["yes", "no", "maybe"]): the decoder may only emit one of these, as OFA
     # scores SNLI-VE. Empty: free generation.
     answers: tuple[str, ...] = ()
+    # transformers checkpoints: "checkpoint" takes what the spec leaves unset (beams, length, n-gram ban) and
+    # the rest of the checkpoint's generation_config.json (forced BOS/EOS, min length, length penalty, early
+    # stopping) from it, refusing settings the engine cannot reproduce; "ignore" decodes with defaults.
+    generation_config: Literal["checkpoint", "ignore"] = "checkpoint"
 
     @field_validator("answers")
     @classmethod
@@ -337,6 +344,26 @@ class SweepSpec(_Strict):
                 and (decoding is None or isinstance(decoding, dict) and "answers" not in decoding)):
             return data | {"decoding": (decoding or {}) | {"answers": list(OFA_ANSWERS)}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parity_drops_ofas_image_bias(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        model, grid = data.get("model"), data.get("grid")
+        if not (isinstance(model, dict) and model.get("family") == "ofa" and isinstance(grid, dict)
+                and grid.get("parity") is True):
+            return data
+        if model.get("image_rel_bias") is True:
+            raise ValueError("grid.parity = true sets model.image_rel_bias = false (the authors' image stream); "
+                             "remove one of them")
+        return data | {"model": model | {"image_rel_bias": False}}
+
+    @model_validator(mode="after")
+    def _image_rel_bias_is_ofas(self) -> SweepSpec:
+        if not self.model.image_rel_bias and self.model.family != "ofa":
+            raise ValueError(f"model.image_rel_bias is an OFA setting; {self.model.family} has no such bias")
+        return self
 
     @model_validator(mode="after")
     def _kv_fill_none_fits(self) -> SweepSpec:

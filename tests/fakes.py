@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from mue_bench.data.loaders import LABEL_WORDS, Sample
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import BatchResult, SampleExits
+from mue_bench.mue.search import DecodingConfig
 from mue_bench.run.prepare import batched, load_samples
 
 LAYERS = 6
@@ -33,6 +34,7 @@ class FakeEngine:
     timing: bool = False  # set by FakeTimer around the work it times
     delay_s: float = 0.0  # each run takes this long (a sweep slow enough to interrupt from outside)
     depth: tuple[int, int] = (LAYERS, LAYERS)
+    decoding: DecodingConfig = DecodingConfig(1, 2, 0)
 
     def prepare(self, samples: list[Sample]) -> list[Sample]:
         return samples

@@ -74,3 +74,30 @@ def test_answer_constraint_renormalises_over_the_allowed_tokens():
     expected = logits.masked_fill(torch.tensor([[True, False, True, False]]), float("-inf")).log_softmax(-1)
     assert torch.allclose(lp, expected)
     assert lp[0, [1, 3]].exp().sum().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("step", range(6))
+def test_generation_config_constraints_match_transformers_processors(step):
+    """Forced BOS/EOS, the minimum length and the n-gram ban change log-probs as transformers' processors do,
+    in generate()'s order, with its length counting (the decoder input holds the start token)."""
+    from transformers.generation.logits_process import (
+        ForcedBOSTokenLogitsProcessor,
+        ForcedEOSTokenLogitsProcessor,
+        LogitsProcessorList,
+        MinLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+    )
+
+    from mue_bench.mue.search import _constrain
+
+    cfg = DecodingConfig(BOS, EOS, PAD, max_len=6, no_repeat_ngram=2, min_new_tokens=3, forced_bos=4,
+                         forced_eos=(EOS, 5), extra_eos=(5,))
+    g = torch.Generator().manual_seed(step)
+    seqs = [[BOS] + torch.randint(3, 5, (step,), generator=g).tolist() for _ in range(3)]
+    logprobs = torch.randn(3, 8, generator=g).log_softmax(-1)
+    theirs = LogitsProcessorList([
+        NoRepeatNGramLogitsProcessor(2), MinLengthLogitsProcessor(3 + 1, [EOS, 5]), ForcedBOSTokenLogitsProcessor(4),
+        ForcedEOSTokenLogitsProcessor(6 + 1, [EOS, 5])])(torch.tensor(seqs), logprobs.clone())
+    ours = logprobs.clone()
+    _constrain(ours, seqs, cfg, [0, 1, 2], step)
+    assert torch.equal(ours, theirs)

@@ -38,14 +38,18 @@ def _batch(seed: int = 0, size: int = 64) -> OFABatch:
     return collate(list(torch.randn(len(PROMPTS), 3, size, size, generator=g)), PROMPTS, pad_id=1)
 
 
-@pytest.fixture(scope="module")
-def adapter() -> OFAAdapter:
+def tiny_adapter() -> OFAAdapter:
     """A tiny random OFA with the reference fixtures' weight rules (tests/ofa_fixture_weights.py), under which
     outputs depend on the image and on every position term, and exits vary by sample and step."""
     model = OFAModel(OFAConfig.from_dict(TINY))
     shapes = {k: v.shape for k, v in model.state_dict().items() if v.is_floating_point()}
     model.load_state_dict(fixture_state_dict(shapes, seed=7), strict=False)
     return OFAAdapter(model)
+
+
+@pytest.fixture(scope="module")
+def adapter() -> OFAAdapter:
+    return tiny_adapter()
 
 
 @pytest.fixture(scope="module")

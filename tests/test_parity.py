@@ -120,3 +120,57 @@ def test_parity_sets_every_quirk_and_names_them_in_the_point_id(tmp_path):
 def test_quirk_combinations_that_cannot_run_are_refused_at_load(tmp_path, body, message):
     with pytest.raises(SpecError, match=message):
         _spec(tmp_path, body)
+
+
+# --- OFA: the image stream's bias, and kv_fill "none" with the authors' bias slicing ----------------------------
+
+@pytest.fixture(scope="module")
+def ofa():
+    from tests.test_ofa_model import _batch, tiny_adapter
+
+    return tiny_adapter(), _batch()
+
+
+def test_ofa_parity_drops_the_image_streams_relative_bias_only(ofa):
+    adapter, batch = ofa
+    enc = adapter.model.encoder
+    adapter.embed_streams(batch)
+    pos = adapter._positions
+    n_img = pos.n_img
+    plain = enc.layer_bias(pos, 0, "image", image_rel=False)
+    assert torch.equal(plain[0], pos.abs_bias[:, :n_img, :n_img])
+    assert not torch.allclose(enc.layer_bias(pos, 0, "image"), plain)
+    assert torch.equal(enc.layer_bias(pos, 0, "text", image_rel=False), enc.layer_bias(pos, 0, "text"))
+    cfg = ExitConfig(encoder_mode="split")
+    with_bias = run_model(adapter, batch, cfg, DECODING).encoder.out
+    adapter.image_rel_bias = False
+    try:
+        without = run_model(adapter, batch, cfg, DECODING).encoder.out
+    finally:
+        adapter.image_rel_bias = True
+    assert not torch.allclose(with_bias[:, :n_img], without[:, :n_img])
+
+
+def test_ofa_kv_fill_none_keeps_short_layers_and_their_keys_take_the_last_positions_bias(ofa):
+    adapter, batch = ofa
+    tau = _first_exiting_tau(adapter, batch, "none")
+    none = _exits(adapter, batch, ExitConfig(2.0, 2.0, tau, kv_fill="none", exit_scope="batch"))
+    copy = _exits(adapter, batch, ExitConfig(2.0, 2.0, tau, kv_fill="copy", exit_scope="batch"))
+    steps = none[2][0]
+    for layer in range(adapter.n_dec_layers):
+        assert none[3].stepper.cache.length(layer) == sum(u > layer for u in steps)
+    assert none[3].tokens != copy[3].tokens or not torch.allclose(
+        torch.stack(none[3].stepper.sims).nan_to_num(), torch.stack(copy[3].stepper.sims).nan_to_num())
+
+
+def test_ofa_parity_spec_sets_the_image_bias_and_other_families_refuse_it(tmp_path):
+    spec = _spec(tmp_path, """
+        [model]
+        family = "ofa"
+        checkpoint = "random:tiny"
+        [grid]
+        parity = true
+        """)
+    assert spec.model.image_rel_bias is False
+    with pytest.raises(SpecError, match="image_rel_bias is an OFA setting"):
+        _spec(tmp_path, "[model]\nimage_rel_bias = false\n")

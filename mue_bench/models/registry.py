@@ -38,22 +38,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def load_adapter(spec: ModelSpec, device: torch.device, dtype: str):
+def load_adapter(spec: ModelSpec, device: torch.device, dtype: str, generation_config: str = "checkpoint"):
+    """`generation_config` (the spec's decoding.generation_config): whether a transformers checkpoint's own
+    decoding settings are used; mue-tiny has none."""
     checkpoint = spec.resolved
     if spec.family == "mue-tiny":
         adapter = TinyAdapter.load(str(checkpoint))
     elif spec.family == "florence2":
         from mue_bench.models.hf.florence2 import Florence2Adapter
 
-        adapter = Florence2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation)
+        adapter = Florence2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation,
+                                        generation_config)
     elif spec.family == "t5gemma2":
         from mue_bench.models.hf.t5gemma2 import T5Gemma2Adapter
 
-        adapter = T5Gemma2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation)
+        adapter = T5Gemma2Adapter.load(checkpoint, spec.trust_remote_code, spec.attn_implementation,
+                                       generation_config)
     elif spec.family == "ofa":
         from mue_bench.models.ofa.adapter import OFAAdapter
 
         adapter = OFAAdapter.load(checkpoint)
+        adapter.image_rel_bias = spec.image_rel_bias
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])

@@ -60,7 +60,8 @@ class ExitAdapter(Protocol):
 
     def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
                  ) -> DecodingConfig:
-        """The search settings with this model's special tokens."""
+        """The search settings with this model's special tokens. Where the runner leaves an argument out (the
+        spec did not set it), the model's own default applies: a transformers checkpoint's generation config."""
         ...
 
     def answer_ids(self, answer: str) -> tuple[int, ...]:

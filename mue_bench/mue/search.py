@@ -39,14 +39,20 @@ class DecodingConfig:
     beam_style: Literal["fairseq", "ofa", "hf"] = "fairseq"
     length_penalty: float = 1.0  # hf only: finished score = sum log p / generated_length ** length_penalty
     early_stopping: bool | Literal["never"] = False  # hf only, as in transformers' GenerationConfig
-    # Never end early: every sample generates max_len tokens. For speed benchmarks on random weights, where
-    # output lengths would otherwise differ between grid points and distort every saving.
+    # Never end early: every sample generates max_len tokens (a forced EOS is dropped). For speed benchmarks on
+    # random weights, where output lengths would otherwise differ between grid points and distort every saving.
     ignore_eos: bool = False
     extra_eos: tuple[int, ...] = ()  # further ids that end a sequence (a generation config's eos list)
     # Closed-set answers (SNLI-VE's yes / no / maybe): each a token sequence ending with EOS. When given, a
     # row may only continue one of them, and each step's log-probs are renormalised over what it may emit,
     # as OFA masks the logits to its answer trie before the softmax (utils/eval_utils.py, eval_snli_ve).
     answers: tuple[tuple[int, ...], ...] = ()
+    # What a transformers generation config may add (logits_process.py, applied in generate()'s order after
+    # the n-gram ban): EOS is banned for the first `min_new_tokens` steps; the first generated token is
+    # `forced_bos`; the last one (step max_len - 1, where generate() reaches max_length) is one of `forced_eos`.
+    min_new_tokens: int = 0
+    forced_bos: int | None = None
+    forced_eos: tuple[int, ...] = ()
 
     @property
     def eos(self) -> tuple[int, ...]:
@@ -85,13 +91,23 @@ def _keep_answers(logprobs: torch.Tensor, seqs: list[list[int]], answers: tuple[
         logprobs[r] = keep
 
 
-def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int],
-               step: int = 0) -> None:
+def _force(logprobs: torch.Tensor, tokens: list[int]) -> None:
+    """Only `tokens` stay possible, each with log-prob 0 (transformers' forced-token processors)."""
+    logprobs.fill_(float("-inf"))
+    logprobs[:, tokens] = 0.0
+
+
+def _constrain(logprobs: torch.Tensor, seqs: list[list[int]], cfg: DecodingConfig, rows: list[int], step: int,
+               ) -> None:
     _ban_repeats(logprobs, seqs, cfg.no_repeat_ngram, rows)
-    if cfg.ignore_eos:
+    if cfg.ignore_eos or step < cfg.min_new_tokens:
         logprobs[:, list(cfg.eos)] = float("-inf")
     if cfg.beam_style == "ofa":
         _fairseq_rules(logprobs, cfg, step)
+    if cfg.forced_bos is not None and step == 0:
+        _force(logprobs, [cfg.forced_bos])
+    if cfg.forced_eos and step == cfg.max_len - 1 and not cfg.ignore_eos:
+        _force(logprobs, list(cfg.forced_eos))
     if cfg.answers:
         _keep_answers(logprobs, seqs, cfg.answers, rows)
 
@@ -236,7 +252,7 @@ def _beam_hf(stepper: Stepper, n: int, cfg: DecodingConfig, device: torch.device
     for t in range(cfg.max_len):
         sample_alive = open_ & ~(fin_flags.all(-1) & (cfg.early_stopping is True))
         logprobs = stepper.step(tokens, sample_alive.repeat_interleave(k)).float()
-        _constrain(logprobs, seqs, cfg, list(range(rows)))
+        _constrain(logprobs, seqs, cfg, list(range(rows)), t)
         vocab = logprobs.shape[-1]
         cand = (logprobs.view(n, k, vocab) + run_scores[:, :, None]).reshape(n, k * vocab)
         top_lp, top_idx = cand.topk(2 * k)

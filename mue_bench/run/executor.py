@@ -24,6 +24,7 @@ from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import encoder_setting
+from mue_bench.mue.search import DecodingConfig
 from mue_bench.run.prepare import Loader, prepare_inputs
 from mue_bench.run.timing import DeviceTimer, Origin, Timer
 from mue_bench.spec import SweepSpec
@@ -50,6 +51,7 @@ class Model:
     samples: list[Sample]
     native_encoder_mode: str | None
     depth: tuple[int, int]
+    decoding: DecodingConfig  # what the engine searches with (a checkpoint's generation config may add to the spec)
 
 
 class Executor(Protocol):
@@ -123,7 +125,7 @@ class LocalExecutor:
         torch.manual_seed(self.spec.run.seed)
         engine, samples, batches = self.load(self.spec, self.device)
         self.worker = PointWorker(self.spec, engine, batches, self.timer, Origin.of(self.device))
-        return Model(samples, engine.native_encoder_mode, engine.depth)
+        return Model(samples, engine.native_encoder_mode, engine.depth, engine.decoding)
 
     def run(self, units: list[list[ExitConfig]], progress: Progress) -> Iterator[PointDone]:
         assert self.worker is not None, "start() first"

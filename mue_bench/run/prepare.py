@@ -52,8 +52,10 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     """The spec's model as an engine, its samples, and their pre-processed batches on the device."""
     samples = load_samples(spec.data)
     check_images(samples)
-    adapter = load_adapter(spec.model, device, spec.run.dtype)
-    decoding = adapter.decoding(**spec.decoding.model_dump(exclude={"answers"}))
+    adapter = load_adapter(spec.model, device, spec.run.dtype, spec.decoding.generation_config)
+    # only what the spec sets: a transformers checkpoint's generation config provides the rest
+    decoding = adapter.decoding(**spec.decoding.model_dump(include={"num_beams", "max_len", "no_repeat_ngram",
+                                                                    "ignore_eos"}, exclude_unset=True))
     if spec.decoding.answers:
         decoding = replace(decoding, answers=tuple(adapter.answer_ids(a) for a in spec.decoding.answers))
     engine = Engine(adapter, decoding)

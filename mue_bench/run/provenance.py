@@ -13,6 +13,7 @@ import torch
 
 import mue_bench
 from mue_bench.models.registry import checkpoint_hash
+from mue_bench.mue.search import DecodingConfig
 from mue_bench.spec import SweepSpec
 
 
@@ -26,7 +27,9 @@ def _git_rev() -> str:
 
 
 
-def provenance(spec: SweepSpec, device: torch.device, run_id: str) -> dict:
+def provenance(spec: SweepSpec, device: torch.device, run_id: str, decoding: DecodingConfig | None = None) -> dict:
+    """Where a sweep's points came from. `decoding`: the settings the engine searched with (a checkpoint's
+    generation config may set what the spec left out), else the spec's."""
     try:
         import transformers
 
@@ -39,8 +42,9 @@ def provenance(spec: SweepSpec, device: torch.device, run_id: str) -> dict:
         "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model.resolved),
         "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
         "device": str(device), "dtype": spec.run.dtype,
-        "batch_size": spec.run.batch_size, "parity": spec.grid.parity, "num_beams": spec.decoding.num_beams,
-        "max_len": spec.decoding.max_len, "torch_version": torch.__version__,
+        "batch_size": spec.run.batch_size, "parity": spec.grid.parity,
+        "num_beams": (decoding or spec.decoding).num_beams, "max_len": (decoding or spec.decoding).max_len,
+        "torch_version": torch.__version__,
         "transformers_version": tf_version, "mue_bench_version": mue_bench.__version__,
         "git_rev": _git_rev(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -67,7 +67,7 @@ class SweepActor:
             engine, samples, batches = (self.load or prepare_inputs)(self.spec, device)
             self.origin = Origin.of(device)
             self.worker = PointWorker(self.spec, engine, batches, DeviceTimer(device), self.origin)
-            self.model = Model(samples, engine.native_encoder_mode, engine.depth)
+            self.model = Model(samples, engine.native_encoder_mode, engine.depth, engine.decoding)
         assert self.model is not None
         return self.model
 

@@ -225,7 +225,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         failures = store.failures()
         if failures:
             points = pd.concat([points, failed_rows(failures, configs)], ignore_index=True)
-        for key, value in provenance(spec, executor.device, uuid.uuid4().hex[:12]).items():
+        for key, value in provenance(spec, executor.device, uuid.uuid4().hex[:12], model.decoding).items():
             points[key] = value
         points = conform(points, POINTS_SCHEMA)
         scored = conform(scored, SAMPLES_SCHEMA)

@@ -1,11 +1,12 @@
-"""MuE fine-tuning of transformers models (Florence-2, T5Gemma 2) with the layer-wise task loss.
+"""MuE fine-tuning of pretrained models (OFA, Florence-2, T5Gemma 2) with the layer-wise task loss.
 
 A pretrained model was trained to answer from its last decoder layer only, so its intermediate layers
 make poor exits; MuE fine-tunes it so that every layer's output, put through the model's own head,
 predicts the target (the authors' `MuE_Task_Loss`). Data come from the same [data] tables sweeps use.
 Gradient accumulation and mixed precision (bf16/fp16 autocast, a grad scaler for fp16) are there for
-real sizes on a GPU; checkpoints are written with `save_pretrained` (safetensors), processor included,
-so `model.checkpoint = "<out dir>"` in a sweep spec loads them.
+real sizes on a GPU; checkpoints are written as safetensors folders (`save_pretrained` for transformers models,
+tokenizer or processor included), so `model.checkpoint = "<out dir>"` in a sweep spec loads them. A family
+takes part by giving its adapter `target_ids`, `decoder_states` and `save` (models/hf/base.py, models/ofa).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf.base import HFAdapterBase
 from mue_bench.spec import DataSpec, ModelSpec
 from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
 
@@ -39,6 +39,7 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = 0.01
     loss: Literal["layerwise", "final"] = "layerwise"
     loss_weighting: Literal["token", "sample"] = "token"  # see mue_bench.training.loop.layer_losses
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)  # OFA and the authors' MuE runs: 0.1
     precision: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype on GPU
     max_target_len: int = Field(default=32, ge=2)
     device: str = "auto"
@@ -61,10 +62,10 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
     rng = np.random.default_rng(cfg.seed)
     samples = load_samples(cfg.data)
     check_images(samples)
+    if cfg.model.family == "mue-tiny":
+        raise MueBenchError("model.family \"mue-tiny\" is trained with a recipe whose trainer is \"mue-tiny\" "
+                            "(recipes/mue-tiny.json)")
     adapter = load_adapter(cfg.model, device, "float32")
-    if not isinstance(adapter, HFAdapterBase):
-        raise MueBenchError(f"model.family {cfg.model.family!r} is trained with a recipe whose trainer is "
-                            "\"mue-tiny\" (recipes/mue-tiny.json)")
     use_amp = device.type == "cuda" and cfg.precision != "float32"
     amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.precision, torch.float32)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "float16")
@@ -75,7 +76,7 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
         labels = adapter.target_ids([target_text(s, rng) for s in chosen], cfg.max_target_len).to(device)
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
             return layer_losses(adapter.logprobs, adapter.decoder_states(batch, labels), labels, adapter.pad_id,
-                                cfg.loss, cfg.loss_weighting)
+                                cfg.loss, cfg.loss_weighting, cfg.label_smoothing)
 
     summary = optimise(adapter.model, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        schedule=lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)), batch_losses=batch_losses,

@@ -53,18 +53,21 @@ def target_text(sample: Sample, rng: np.random.Generator | None = None) -> str:
 
 
 def layer_losses(head: Callable[[torch.Tensor], torch.Tensor], states: list[torch.Tensor], targets: torch.Tensor,
-                 pad_id: int, which: str = "layerwise", weighting: str = "token") -> torch.Tensor:
+                 pad_id: int, which: str = "layerwise", weighting: str = "token", label_smoothing: float = 0.0,
+                 ) -> torch.Tensor:
     """Cross-entropy of each decoder layer's output through `head`; [layers] ("final": the last layer only).
 
     `head` maps a state [batch, time, d] to per-token scores [batch, time, vocab], logits or log-probs alike:
     cross-entropy renormalises, and log-probs are already normalised, so both give the same loss.
     "token" averages over every target token of the batch (captions, ~10 tokens, outweigh a 1-token label);
-    "sample" averages within each sample first, so each task weighs its share of the batch."""
+    "sample" averages within each sample first, so each task weighs its share of the batch. `label_smoothing`
+    as fairseq's label-smoothed cross-entropy, which OFA and the authors' MuE loss train with (0.1)."""
     chosen = states if which == "layerwise" else states[-1:]
     real = (targets != pad_id).float()
     losses = []
     for h in chosen:
-        ce = F.cross_entropy(head(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none")
+        ce = F.cross_entropy(head(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none",
+                             label_smoothing=label_smoothing)
         if weighting == "sample":
             losses.append(((ce * real).sum(1) / real.sum(1).clamp(min=1)).mean())
         else:

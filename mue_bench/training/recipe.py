@@ -23,14 +23,20 @@ from mue_bench.training.finetune import FinetuneConfig, finetune
 from mue_bench.training.loop import load_config, load_config_file
 from mue_bench.training.tiny import TrainConfig, train_stages
 
-Trainer = Literal["mue-tiny", "transformers"]
-CONFIGS: dict[str, type[TrainConfig] | type[FinetuneConfig]] = {"mue-tiny": TrainConfig,
+# "finetune": a pretrained model of any family but the built-in one (OFA, Florence-2, T5Gemma 2); "transformers"
+# is its earlier name, still read.
+Trainer = Literal["mue-tiny", "finetune", "transformers"]
+CONFIGS: dict[str, type[TrainConfig] | type[FinetuneConfig]] = {"mue-tiny": TrainConfig, "finetune": FinetuneConfig,
                                                                  "transformers": FinetuneConfig}
 # The settings of each trainer that name files or folders: (table, key), table None for the top level.
 PATHS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "mue-tiny": ((None, "data_root"),),
-    "transformers": (("data", "annotations"), ("data", "images"), ("data", "root")),
+    "finetune": (("data", "annotations"), ("data", "images"), ("data", "root"), ("model", "checkpoint")),
 }
+PATHS["transformers"] = PATHS["finetune"]
+# Settings that may name a file or something else (a checkpoint is a folder, a hub id or random:<shape>): taken
+# from the recipe's folder where that names something that exists, or where the value starts with "./" or "../".
+MAYBE_PATHS = {("model", "checkpoint")}
 
 
 class Recipe(BaseModel):
@@ -56,8 +62,8 @@ class Recipe(BaseModel):
 def expand_recipe(path: Path) -> tuple[Trainer, list[TrainConfig] | list[FinetuneConfig]]:
     """The trainer and the validated config of every stage of the recipe at `path`, first stage first."""
     trainer, raw = _raw_stages(Path(path), ())
-    if trainer == "transformers" and len(raw) != 1:
-        raise SpecError(f"{path}: stages: a transformers recipe has one stage (got {len(raw)})")
+    if trainer != "mue-tiny" and len(raw) != 1:
+        raise SpecError(f"{path}: stages: a fine-tuning recipe has one stage (got {len(raw)})")
     return trainer, [load_config(CONFIGS[trainer], s, f"{path} (stage {i})") for i, s in enumerate(raw, 1)]
 
 
@@ -76,7 +82,7 @@ def run_recipe(path: Path, out: Path | None, *, steps: int | None = None, stage:
     chosen = stages[:n]
     if steps is not None:
         chosen[-1] = chosen[-1].model_copy(update={"steps": steps})
-    if trainer == "transformers":
+    if trainer != "mue-tiny":
         return finetune(chosen[0], out, log)
     return train_stages(chosen[-1:] if init is not None else chosen, out, log, init)
 
@@ -104,6 +110,9 @@ def _relative_to(directory: Path, settings: dict, trainer: Trainer) -> dict:
         holder = settings if table is None else settings.get(table)
         value = holder.get(key) if isinstance(holder, dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
+            if ((table, key) in MAYBE_PATHS and not (directory / value).exists()
+                    and not value.startswith(("./", "../"))):
+                continue
             holder[key] = _from_cwd(directory / value)
     return settings
 

@@ -5,10 +5,13 @@ with `from_pretrained` and `AutoProcessor`, compared against their own `generate
 tower that runs in full at every grid point. Only the layer-by-layer calls differ, in each family's module.
 Random-weight models (`checkpoint = "random:<shape>"`) have no processor: their words map to ids by hash
 and their images are resized and normalised here, which is enough for speed measurements.
+Decoding follows the checkpoint's own generation config (generation.py) unless the spec sets a value or
+asks to ignore it, and `reference_generate` runs `generate()` with exactly that config.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -21,6 +24,7 @@ import torch
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError, SpecError
+from mue_bench.models.hf import generation
 from mue_bench.mue.adapter import ExitAdapter
 from mue_bench.mue.cost import counted_flops
 from mue_bench.mue.search import DecodingConfig
@@ -88,6 +92,15 @@ def eos_ids(value: int | list[int] | None, fallback: int | list[int]) -> tuple[i
     return (v,) if isinstance(v, int) else tuple(v)
 
 
+def token_ids(*values: int | list[int] | None) -> set[int]:
+    """The ids named by config fields, each an id, a list of ids or None."""
+    out: set[int] = set()
+    for v in values:
+        if v is not None:
+            out |= {v} if isinstance(v, int) else set(v)
+    return out
+
+
 class HFAdapterBase(ExitAdapter):
     """Loading, inputs, decoding settings and the reference `generate()`; subclasses drive the layers."""
 
@@ -101,8 +114,17 @@ class HFAdapterBase(ExitAdapter):
     pad_id: int
     eos: tuple[int, ...]
 
-    def __init__(self, model, processor=None):
+    def __init__(self, model, processor=None, generation_config: str = "checkpoint"):
+        """`generation_config`: "checkpoint" decodes with the settings the model's generation config provides
+        (refusing any the engine cannot reproduce), "ignore" with transformers' defaults."""
         self.model, self.processor = model.eval(), processor
+        self.generation_mode = generation_config
+        if generation_config == "checkpoint":
+            name = model.name_or_path
+            generation.check(model.generation_config, f"model.checkpoint {name!r}" if name else "model.checkpoint")
+            self._generation = generation.settings(model.generation_config)
+        else:
+            self._generation = {}
         self.image_size: int | None = None  # set for processor-less (random) models
         self._input_flops: dict[tuple, float] = {}
         self._memo: dict[tuple, tuple[torch.Tensor, object]] = {}
@@ -121,7 +143,7 @@ class HFAdapterBase(ExitAdapter):
 
     @classmethod
     def load(cls, checkpoint: Checkpoint, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-             ) -> HFAdapterBase:
+             generation_config: str = "checkpoint") -> HFAdapterBase:
         """A hub id or a local folder in transformers' format, or random weights of a named shape."""
         import transformers
         from transformers import AutoProcessor
@@ -137,11 +159,22 @@ class HFAdapterBase(ExitAdapter):
                 ref, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise SpecError(f"model.checkpoint {ref!r}: cannot load {cls.model_class} "
-                                f"({str(e).splitlines()[0]})") from None
-        adapter = cls(model, processor)
+                            f"({str(e).splitlines()[0]}){cls._conversion_hint(checkpoint)}") from None
+        adapter = cls(model, processor, generation_config=generation_config)
         if local_inputs.is_file():
             adapter.image_size = int(json.loads(local_inputs.read_text())["image_size"])
         return adapter
+
+    @classmethod
+    def _conversion_hint(cls, checkpoint: Checkpoint) -> str:
+        """For a folder holding only pytorch_model.bin (which transformers reads only with torch >= 2.6): how to
+        convert it once to safetensors."""
+        folder = checkpoint.path
+        if folder is None or not (folder / "pytorch_model.bin").is_file() or any(folder.glob("*.safetensors")):
+            return ""
+        return (f"; it holds only pytorch_model.bin: convert it once, with torch >= 2.6, by python -c \"from "
+                f"transformers import {cls.model_class} as M; M.from_pretrained('{folder}').save_pretrained("
+                f"'{folder}-safetensors', safe_serialization=True)\" and copy the processor files across")
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -156,8 +189,10 @@ class HFAdapterBase(ExitAdapter):
         images = load_rgb(samples)
         if self.processor is None:
             return self._prepare_without_processor(images, samples)
-        enc = self.processor(text=[self.prompt_text(s) for s in samples], images=images, return_tensors="pt",
-                             padding=True)
+        # one list of images per prompt (a flat list is one prompt's images to Gemma 3's processor); padded on
+        # the right whatever the tokenizer's default, so that a sample's positions do not depend on its batch
+        enc = self.processor(text=[self.prompt_text(s) for s in samples], images=[[im] for im in images],
+                             return_tensors="pt", padding=True, padding_side="right")
         return HFBatch(enc["input_ids"], enc["attention_mask"], enc["pixel_values"])
 
     def prompt_text(self, sample: Sample) -> str:
@@ -187,9 +222,25 @@ class HFAdapterBase(ExitAdapter):
         mask = (torch.arange(input_ids.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]).long()
         return HFBatch(input_ids, mask, pixels)
 
-    def hash_words(self, text: str, vocab_size: int, reserved: int = 3) -> list[int]:
-        """Each word an id by hash, above the `reserved` special ids and below the image-related ones."""
-        return [reserved + zlib.crc32(w.encode()) % (vocab_size - reserved - 1) for w in text.split()]
+    def special_ids(self) -> set[int]:
+        """Ids a hashed word must never take: special tokens, image placeholders and the like."""
+        return token_ids(self.bos_id, self.pad_id, list(self.eos), self._generation.get("forced_bos"))
+
+    def hash_words(self, text: str) -> list[int]:
+        """Each word an id by hash, among the vocabulary's ids that are not special (wherever those sit)."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        avoid = sorted(i for i in self.special_ids() if 0 <= i < vocab)
+        if len(avoid) >= vocab:
+            raise MueBenchError(f"this {self.model_class}'s vocabulary has only special tokens")
+        ids = []
+        for w in text.split():
+            i = zlib.crc32(w.encode()) % (vocab - len(avoid))  # the i-th id not in `avoid`
+            for a in avoid:
+                if a > i:
+                    break
+                i += 1
+            ids.append(i)
+        return ids
 
     def text(self, ids: list[int]) -> str:
         if self.processor is None:
@@ -209,28 +260,37 @@ class HFAdapterBase(ExitAdapter):
         return out
 
     # --- decoding -----------------------------------------------------------------------------------
-    def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
-                 ) -> DecodingConfig:
-        gen = self.model.generation_config
-        early = gen.early_stopping if gen.early_stopping == "never" else bool(gen.early_stopping)
-        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
-                              ignore_eos=ignore_eos, beam_style="hf", early_stopping=early,
-                              length_penalty=1.0 if gen.length_penalty is None else gen.length_penalty,
-                              extra_eos=self.eos[1:])
+    def decoding(self, num_beams: int | None = None, max_len: int | None = None, no_repeat_ngram: int | None = None,
+                 ignore_eos: bool = False) -> DecodingConfig:
+        """The engine's search settings: what is given here (the spec's explicit values), else what the
+        checkpoint's generation config provides, else DecodingConfig's defaults (the spec's defaults)."""
+        given = {k: v for k, v in (("num_beams", num_beams), ("max_len", max_len),
+                                   ("no_repeat_ngram", no_repeat_ngram)) if v is not None}
+        return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, **(self._generation | given),
+                              ignore_eos=ignore_eos, beam_style="hf", extra_eos=self.eos[1:])
 
     def reference_generate(self, batch: HFBatch, decoding: DecodingConfig) -> list[list[int]]:
-        """The model's own `generate()` with the same decoding settings, without the start token and padding."""
+        """The model's own `generate()`, without the start token and padding: with the checkpoint's generation
+        config (a default one under "ignore"), overridden by what the spec controls (beams, length, n-gram ban,
+        ignore_eos); every other setting comes from the checkpoint itself, not from `decoding`."""
         from transformers import GenerationConfig
 
-        gen = GenerationConfig(
-            decoder_start_token_id=self.bos_id, bos_token_id=self.model.generation_config.bos_token_id,
-            eos_token_id=list(self.eos) if len(self.eos) > 1 else self.eos_id, pad_token_id=self.pad_id,
-            do_sample=False, num_beams=decoding.num_beams, max_new_tokens=decoding.max_len,
-            no_repeat_ngram_size=decoding.no_repeat_ngram, length_penalty=decoding.length_penalty,
-            early_stopping=decoding.early_stopping, min_new_tokens=decoding.max_len if decoding.ignore_eos else None,
-        )
-        out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  pixel_values=batch.pixel_values, generation_config=gen)
+        base = self.model.generation_config
+        gen = copy.deepcopy(base) if self.generation_mode == "checkpoint" else GenerationConfig()
+        gen.update(decoder_start_token_id=self.bos_id, bos_token_id=base.bos_token_id,
+                   eos_token_id=list(self.eos) if len(self.eos) > 1 else self.eos_id, pad_token_id=self.pad_id,
+                   do_sample=False, num_beams=decoding.num_beams, max_length=None, max_new_tokens=decoding.max_len,
+                   no_repeat_ngram_size=decoding.no_repeat_ngram)
+        if decoding.ignore_eos:
+            gen.update(min_length=None, min_new_tokens=decoding.max_len, forced_eos_token_id=None)
+        # generate() fills a passed config's unset fields from model.generation_config: point that at `gen`
+        # too, so that what "ignore" (or ignore_eos) leaves unset stays unset
+        self.model.generation_config = gen
+        try:
+            out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                      pixel_values=batch.pixel_values, generation_config=gen)
+        finally:
+            self.model.generation_config = base
         return [strip_after_eos(row[1:], self.eos) for row in out.tolist()]
 
     # --- costs --------------------------------------------------------------------------------------

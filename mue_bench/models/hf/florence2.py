@@ -14,7 +14,15 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf.base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
+from mue_bench.models.hf.base import (
+    HFAdapterBase,
+    HFBatch,
+    cache_kwarg,
+    eos_ids,
+    heads_view,
+    task_prompt,
+    token_ids,
+)
 from mue_bench.models.hf.cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -29,8 +37,8 @@ class Florence2Adapter(HFAdapterBase):
     model_class = "Florence2ForConditionalGeneration"
     pixel_std = 0.25
 
-    def __init__(self, model, processor=None):
-        super().__init__(model, processor)
+    def __init__(self, model, processor=None, generation_config: str = "checkpoint"):
+        super().__init__(model, processor, generation_config)
         lm = model.model.language_model
         self.encoder, self.decoder, self.text_config = lm.encoder, lm.decoder, lm.config
         cfg = self.text_config
@@ -73,8 +81,13 @@ class Florence2Adapter(HFAdapterBase):
     def hash_token_ids(self, text: str, max_len: int | None = None) -> list[int]:
         """<s> words </s>, each word an id by hash: the tokenizer of processor-less (random) models."""
         cfg = self.text_config
-        words = self.hash_words(text, cfg.vocab_size)
+        words = self.hash_words(text)
         return [cfg.bos_token_id] + words[: None if max_len is None else max_len - 2] + [cfg.eos_token_id]
+
+    def special_ids(self) -> set[int]:
+        cfg = self.text_config
+        return super().special_ids() | token_ids(self.image_token_id, cfg.bos_token_id, cfg.eos_token_id,
+                                                 cfg.pad_token_id, cfg.decoder_start_token_id)
 
     def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
         if self.processor is not None:  # BART's labels: <s> text </s>, as Florence-2 was trained

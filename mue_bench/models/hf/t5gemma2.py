@@ -27,7 +27,15 @@ from transformers.masking_utils import (
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError
-from mue_bench.models.hf.base import HFAdapterBase, HFBatch, cache_kwarg, eos_ids, heads_view, task_prompt
+from mue_bench.models.hf.base import (
+    HFAdapterBase,
+    HFBatch,
+    cache_kwarg,
+    eos_ids,
+    heads_view,
+    task_prompt,
+    token_ids,
+)
 from mue_bench.models.hf.cache import HFKVCache
 from mue_bench.mue.adapter import Streams
 from mue_bench.mue.cache import KV
@@ -42,8 +50,8 @@ class T5Gemma2Adapter(HFAdapterBase):
     model_class = "T5Gemma2ForConditionalGeneration"
     row_subsets = True  # positions and masks are gathered per row: the engine compacts batches
 
-    def __init__(self, model, processor=None):
-        super().__init__(model, processor)
+    def __init__(self, model, processor=None, generation_config: str = "checkpoint"):
+        super().__init__(model, processor, generation_config)
         encoder = model.model.encoder
         self.text_encoder, self.decoder = encoder.text_model, model.model.decoder
         self.enc_config, self.dec_config = self.text_encoder.config, model.config.decoder
@@ -87,9 +95,14 @@ class T5Gemma2Adapter(HFAdapterBase):
 
     def hash_prompt_ids(self, sample: Sample) -> list[int]:
         """bos, a word, the image, then the prompt's words: the text stream has a gap, as in a chat turn."""
-        words = self.hash_words(prompt(sample), self.boi_id)
+        words = self.hash_words(prompt(sample))
         image = [self.boi_id] + [self.image_token_id] * self.n_image_tokens + [self.eoi_id]
-        return [self.bos_id] + self.hash_words("user", self.boi_id) + image + words
+        return [self.bos_id] + self.hash_words("user") + image + words
+
+    def special_ids(self) -> set[int]:
+        enc = self.enc_config
+        return super().special_ids() | token_ids(self.boi_id, self.eoi_id, self.image_token_id, enc.bos_token_id,
+                                                 enc.eos_token_id, enc.pad_token_id)
 
     def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
         """text then EOS (the decoder starts from bos on its own)."""
@@ -97,7 +110,7 @@ class T5Gemma2Adapter(HFAdapterBase):
         if tokenizer is not None:
             rows = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len - 1)["input_ids"]
         else:
-            rows = [self.hash_words(t, self.boi_id)[: max_len - 1] for t in texts]
+            rows = [self.hash_words(t)[: max_len - 1] for t in texts]
         return self.pad_rows([r + [self.eos_id] for r in rows])
 
     # --- training (finetune.py) ---------------------------------------------------------------------

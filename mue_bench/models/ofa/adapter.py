@@ -10,6 +10,7 @@ Position biases depend on the batch's shape only (model.py), so they are built o
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from mue_bench.models.ofa.inputs import (
     caption_text,
     encode,
     entailment_text,
+    pre_caption,
     preprocess_image,
-    source_ids,
 )
 from mue_bench.models.ofa.model import (
     DecoderPositions,
@@ -36,8 +37,9 @@ from mue_bench.models.ofa.model import (
     OFAModel,
     additive_mask,
     load_weights,
+    tied_names,
 )
-from mue_bench.models.ofa.tokenizer import load_tokenizer, tokenizer_files
+from mue_bench.models.ofa.tokenizer import HF_FILES, load_tokenizer, tokenizer_files
 from mue_bench.mue.adapter import ExitAdapter, Streams
 from mue_bench.mue.cache import KV, TensorKVCache
 from mue_bench.mue.cost import LayerDims, counted_flops
@@ -96,6 +98,9 @@ class OFAAdapter(ExitAdapter):
         # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
         self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
+        self._step = 0  # the decoding step decoder_embed saw last: the position of this step's token
+        # False: the image stream without its relative position bias (the authors' code; spec grid.parity)
+        self.image_rel_bias = True
         self._input_flops: dict[tuple, float] = {}
 
     # --- loading ------------------------------------------------------------------------------------
@@ -137,6 +142,7 @@ class OFAAdapter(ExitAdapter):
         return adapter
 
     image_size: int = 256  # patch_image_size: what every image is resized to
+    tokenizer_dir: Path | None = None  # where the tokenizer's vocab.json and merges.txt came from
 
     @classmethod
     def load(cls, checkpoint: Checkpoint) -> OFAAdapter:
@@ -148,11 +154,42 @@ class OFAAdapter(ExitAdapter):
         assert folder is not None  # parse_checkpoint admits folders and random shapes only for OFA
         tokenizer = load_tokenizer(folder) if tokenizer_files(folder) == "hf" else None
         adapter = cls.from_folder(folder, tokenizer)
+        adapter.tokenizer_dir = folder if tokenizer is not None else None
         task_file = folder / TASK_FILE
         task = json.loads(task_file.read_text()) if task_file.is_file() else {}
         size = task.get("patch_image_size") or IMAGE_SIZES.get(str(task.get("arch", "")).removeprefix("ofa_"))
         adapter.image_size = int(size or PATCH_IMAGE_SIZE)
         return adapter
+
+    # --- training (training/finetune.py) -------------------------------------------------------------
+    def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
+        """What the decoder learns to emit after <s>: BPE(" " + cleaned text) + </s> (caption_dataset.py:128-
+        131), cut to `max_len`, right-padded with <pad>."""
+        rows = [[*self._words(" " + pre_caption(t))[: max_len - 1], self.eos_id] for t in texts]
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def decoder_states(self, batch: OFABatch, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder layer's output [B, T, D] under teacher forcing: <s>, then the labels shifted right."""
+        dec_in = torch.cat([torch.full_like(labels[:, :1], self.bos_id), labels[:, :-1]], 1)
+        enc_out, enc_mask, src_pos = self.model.encode(self._pixels(batch), batch.ids, batch.mask)
+        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos)
+
+    def save(self, out: Path) -> None:
+        """A folder `OFAAdapter.load` reads: safetensors (each tied tensor once), config, tokenizer, resolution."""
+        from safetensors.torch import save_file
+
+        state = self.model.state_dict()
+        for group in tied_names(self.model):
+            for name in group[1:]:
+                del state[name]
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2) + "\n")
+        (out / TASK_FILE).write_text(json.dumps({"patch_image_size": self.image_size}) + "\n")
+        if self.tokenizer_dir is not None:  # the files it was read from, byte for byte
+            for name in HF_FILES:
+                shutil.copyfile(self.tokenizer_dir / name, out / name)
 
     # --- inputs -------------------------------------------------------------------------------------
     def prepare(self, samples: list[Sample]) -> OFABatch:
@@ -166,12 +203,14 @@ class OFAAdapter(ExitAdapter):
 
     def _source(self, sample: Sample) -> list[int]:
         text = sample.prompt or (caption_text() if sample.task == "caption" else entailment_text(sample.hypothesis))
+        return [self.bos_id, *self._words(text), self.eos_id]
+
+    def _words(self, text: str) -> list[int]:
+        """BPE ids of `text`; without a tokenizer (random weights) each word an id by hash, clear of the specials."""
         if self.tokenizer is not None:
-            return source_ids(self.tokenizer, text)
-        # Random weights have no tokenizer: each word an id by hash, clear of the special ids.
+            return encode(self.tokenizer, text)
         vocab = self.model.cfg.vocab_size
-        return [self.bos_id, *(N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()),
-                self.eos_id]
+        return [N_SPECIAL + zlib.crc32(w.encode()) % (vocab - N_SPECIAL) for w in text.split()]
 
     def answer_ids(self, answer: str) -> tuple[int, ...]:
         """BPE(" " + answer) + </s>, as OFA scores SNLI-VE's candidates (snli_ve.py:82-89)."""
@@ -229,7 +268,8 @@ class OFAAdapter(ExitAdapter):
     def encoder_layer(self, layer: int, h: torch.Tensor, key_mask: torch.Tensor, queries: slice | None = None,
                       stream: str = "joint") -> torch.Tensor:
         enc = self.model.encoder
-        bias = enc.layer_bias(self._encoder_positions(h.shape[1], stream), layer, stream, queries)
+        bias = enc.layer_bias(self._encoder_positions(h.shape[1], stream), layer, stream, queries,
+                              image_rel=self.image_rel_bias)
         return enc.layers[layer](h, bias + additive_mask(key_mask, h.dtype), queries)
 
     def encoder_norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -243,19 +283,24 @@ class OFAAdapter(ExitAdapter):
                         DecoderPositions(dec, pos.src_pos))
 
     def decoder_embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        self._step = step
         return self.model.decoder.embed(tokens[:, None], step)[:, 0]
 
     def _decoder_layer(self, layer: int, h: torch.Tensor, cache: TensorKVCache, enc_mask: torch.Tensor,
-                       positions: DecoderPositions, step: int) -> torch.Tensor:
+                       positions: DecoderPositions, history: int) -> torch.Tensor:
+        """`history`: the entries layer `layer` holds. Every kv_fill but "none" leaves one per step; with "none"
+        a layer holds fewer, and its keys take the bias columns of the last positions, as the authors'
+        attention slices its bias to the key length (unify_multihead_attention.py)."""
+        step = self._step
         cross_bias = positions.cross_bias(step) + additive_mask(enc_mask, h.dtype)
-        out, k, v = self.model.decoder.layers[layer](h[:, None], cache.past(layer), cache.cross(layer),
-                                                     positions.self_bias(layer, step), cross_bias)
+        self_bias = positions.self_bias(layer, step)[..., step - history:]
+        out, k, v = self.model.decoder.layers[layer](h[:, None], cache.past(layer), cache.cross(layer), self_bias,
+                                                     cross_bias)
         cache.append(layer, k, v)
         return out[:, 0]
 
     def decoder_layer(self, layer: int, h: torch.Tensor, cache: OFACache, enc_mask: torch.Tensor,
                       ) -> torch.Tensor:
-        # Every kv_fill leaves each layer one slot per step, so the cache length is this token's position.
         return self._decoder_layer(layer, h, cache, enc_mask, cache.positions, cache.length(layer))
 
     def decoder_layer_rows(self, layer: int, h: torch.Tensor, rows: torch.Tensor, cache: OFACache,

@@ -375,9 +375,12 @@ class OFAEncoder(_Positions):
         return EncoderPositions(self.project(self.pos_q_linear, self.pos_k_linear, pos, pos), ids, len(ids), pos)
 
     def layer_bias(self, pos: EncoderPositions, layer: int, stream: str = "joint",
-                   queries: slice | None = None) -> torch.Tensor:
+                   queries: slice | None = None, image_rel: bool = True) -> torch.Tensor:
         """[1, H, Nq, N] position bias of encoder layer `layer` for `stream`: "joint" ([image; text], image-text
-        pairs get the absolute bias only), "image" or "text" (that stream's own block), rows `queries`."""
+        pairs get the absolute bias only), "image" or "text" (that stream's own block), rows `queries`.
+        `image_rel=False` leaves image positions with the absolute bias alone, as the authors' MuE encoder
+        computes it (Tangshengku/OFA unify_transformer.py, TransformerEncoder_MuE's image loop overwrites the
+        biased copy with `image_abs_pos_bias`)."""
         n_img, n = pos.n_img, pos.abs_bias.shape[-1]
         span = {"joint": slice(0, n), "image": slice(0, n_img), "text": slice(n_img, n)}[stream]
         bias = pos.abs_bias[:, span, span]
@@ -385,7 +388,7 @@ class OFAEncoder(_Positions):
         rows = idx if queries is None else idx[queries]
         img_rows, txt_rows = rows[rows < n_img - span.start], rows[rows >= n_img - span.start]
         bias = bias[:, rows]  # a copy: the relative biases are added in place
-        if stream != "text" and len(img_rows):
+        if stream != "text" and len(img_rows) and image_rel:
             ids = pos.image_ids
             bias[:, : len(img_rows), :n_img] += self.image_rel_bias(layer, ids[img_rows], ids)
         if stream != "image" and len(txt_rows):
@@ -484,6 +487,15 @@ class OFAModel(nn.Module):
             self.mlp_head = nn.Linear(cfg.d_model, cfg.mlp_dim)
         if cfg.temperature_init_value:
             self.temp = nn.Parameter(cfg.temperature_init_value * torch.ones([]))
+
+    def train(self, mode: bool = True) -> OFAModel:
+        """Training mode everywhere but the ResNet's batch norms: fine-tuning batches of a few images would
+        overwrite the running statistics the released weights carry."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
 
     # --- plain (no-exit) forward ----------------------------------------------------------------------
     def encode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
