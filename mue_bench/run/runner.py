@@ -7,7 +7,8 @@ pairs into time savings with intervals); the full model's own row is timed `refe
 point's per-sample rows are written as soon as it finishes, so an interrupted sweep loses at most the point
 in flight. Scoring happens once at the end for all points (one Java process for tokenizing, one for METEOR).
 The runner drives an `Engine` and a `Timer` it is given, so tests run it on a fake model and a scripted
-clock.
+clock. Who runs the points is its executor's business (run/executor.py: this process, or Ray workers, each
+point on one device); the store, resume and scoring are the runner's alike for both.
 """
 
 from __future__ import annotations
