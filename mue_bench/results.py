@@ -43,6 +43,9 @@ SAMPLE_FIELDS = [
     ("pair_ref_first", pa.list_(pa.bool_())),  # whether the full model ran first in that pair
     ("pair_at", pa.list_(pa.float64())),  # when the pair was measured (Unix time), for the drift alarm
     ("peak_mem_bytes", pa.int64()),
+    # Where the point was timed: its worker's host and device (a Ray sweep spreads points over several)
+    ("host", pa.string()),
+    ("device_name", pa.string()),
     ("enc_img_sims", pa.list_(pa.float32())),
     ("enc_txt_sims", pa.list_(pa.float32())),
     ("dec_sims", pa.list_(pa.list_(pa.float32()))),
@@ -119,7 +122,8 @@ POINTS_SCHEMA = pa.schema([
     ("split", pa.string()),
     ("task", pa.string()),
     ("device", pa.string()),
-    ("device_name", pa.string()),
+    ("device_name", pa.string()),  # of the worker that timed the point (from its samples); null if it failed
+    ("host", pa.string()),
     ("dtype", pa.string()),
     ("batch_size", pa.int64()),
     ("parity", pa.bool_()),  # grid.parity: every setting of the authors' released code
@@ -155,6 +159,8 @@ class SampleRow:
     pair_ref_first: list[bool]
     pair_at: list[float]
     peak_mem_bytes: int | None
+    host: str | None
+    device_name: str | None
     enc_img_sims: list[float]
     enc_txt_sims: list[float]
     dec_sims: list[list[float]]

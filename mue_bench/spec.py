@@ -301,6 +301,17 @@ class RunSpec(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
     seed: int = 0
+    # Where the grid runs: "local", this process; "ray", worker actors on a Ray cluster (run/ray_executor.py),
+    # each with the model loaded once. Neither changes the results, so neither is part of a spec's identity.
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: "auto" (the cluster this node runs), "host:port"; none: start Ray here
+    workers: int | None = Field(default=None, ge=1)  # ray: default one per GPU of the cluster
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float | None = Field(default=None, ge=0)  # default: 1 where the cluster has GPUs, else 0
+
+
+# RunSpec fields that say where the sweep runs, not what it computes.
+EXECUTOR_FIELDS = {"executor", "address", "workers", "cpus_per_worker", "gpus_per_worker"}
 
 
 class OutputSpec(_Strict):
@@ -397,22 +408,31 @@ class SweepSpec(_Strict):
                                 f"{cfg.point_id}; make them differ")
         return list(by_id.values())
 
-    def overridden(self, limit: int | None = None, device: str | None = None) -> SweepSpec:
-        """This spec with the command line's --limit / --device, where given."""
+    def overridden(self, limit: int | None = None, device: str | None = None, **run: object) -> SweepSpec:
+        """This spec with the command line's --limit / --device and [run] fields (--executor, --address,
+        --workers), where given (not None)."""
         data = self.data.model_copy(update={"limit": limit}) if limit else self.data
-        run = self.run.model_copy(update={"device": device}) if device else self.run
+        updates = {k: v for k, v in {"device": device, **run}.items() if v is not None}
+        unknown = set(updates) - set(RunSpec.model_fields)
+        if unknown:
+            raise TypeError(f"not [run] fields: {', '.join(sorted(unknown))}")
+        try:
+            run = RunSpec.model_validate(self.run.model_dump() | updates)
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(e, "command line").replace(": ", ": --", 1)) from None
         return self.model_copy(update={"data": data, "run": run})
 
     # --- identity ---------------------------------------------------------------------------------
     def context_hash(self) -> str:
         """What makes two points' results comparable: model, data, decoding, batch, dtype, seed."""
         ctx = {"model": self.model.model_dump(), "data": self.data.model_dump(),
-               "decoding": self.decoding.model_dump(), "run": self.run.model_dump(exclude={"device"})}
+               "decoding": self.decoding.model_dump(), "run": self.run.model_dump(exclude={"device"} | EXECUTOR_FIELDS)}
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 
     def spec_hash(self) -> str:
-        """Everything that defines the results; where they are written does not."""
-        return hashlib.sha256(self.model_dump_json(exclude={"output"}).encode()).hexdigest()[:16]
+        """Everything that defines the results; where they are written, and which executor ran them, do not."""
+        exclude = {"output": True, "run": EXECUTOR_FIELDS}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
     def results_path(self) -> Path:
         return Path(self.output.dir) / f"{self.name}.parquet"

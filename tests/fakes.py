@@ -4,6 +4,7 @@ Java (entailment is scored by accuracy and label agreement, in Python)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class FakeEngine:
     runs: list[tuple[str, bool]] = field(default_factory=list)  # (point id, inside a timed region), in order
     native_encoder_mode: str = "split"
     timing: bool = False  # set by FakeTimer around the work it times
+    delay_s: float = 0.0  # each run takes this long (a sweep slow enough to interrupt from outside)
     depth: tuple[int, int] = (LAYERS, LAYERS)
     decoding: DecodingConfig = DecodingConfig(1, 2, 0)
 
@@ -44,6 +46,7 @@ class FakeEngine:
         if cfg.point_id in self.fail:
             raise RuntimeError("CUDA out of memory (fake)")
         self.runs.append((cfg.point_id, self.timing))
+        time.sleep(self.delay_s)
         return batch, cfg
 
     def collect(self, raw: tuple[list[Sample], ExitConfig], cfg: ExitConfig) -> BatchResult:

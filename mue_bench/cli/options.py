@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mue_bench.errors import MueBenchError
 
@@ -39,7 +40,7 @@ def handled() -> Iterator[None]:
     try:
         yield
     except MueBenchError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # never markup
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: finished points are saved; rerun the same command to resume")
