@@ -452,7 +452,7 @@ class SweepStore:
 
 
 # Columns added after files were first written, with the value every older file's points had.
-LATER_COLUMNS = {"exit_scope": "sample", "head_every_layer": False, "parity": False}
+LATER_COLUMNS = {"exit_scope": "sample", "head_every_layer": False, "parity": False, "host": None}
 
 
 def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None = None) -> pd.DataFrame:
