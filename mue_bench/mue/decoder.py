@@ -42,6 +42,9 @@ class MuEStepper:
         self.layers: list[torch.Tensor] = []
         self.sims: list[torch.Tensor] = []
         self.heads: list[torch.Tensor] = []  # per step, extra LM-head calls per sample (head_every_layer)
+        # Per step [B], the similarity after the last layer: with head_every_layer it decides whether that
+        # layer's head runs (NaN where not computed); grid_reuse's certificates need it.
+        self.final_sims: list[torch.Tensor] = []
 
     def _fires(self, sim: torch.Tensor, layer: int) -> torch.Tensor:
         fixed = self.cfg.fixed_exit
@@ -56,6 +59,7 @@ class MuEStepper:
         active = alive.clone()
         used = torch.where(alive, n_layers, 0)
         sims = torch.full((len(tokens) // self.beams, n_layers - 1), float("nan"), device=h.device)
+        final = torch.full((len(tokens) // self.beams,), float("nan"), device=h.device)
         heads = torch.zeros(len(tokens), dtype=torch.long, device=h.device)
         ran, self._compacted = 0, set()
         for layer in range(n_layers):
@@ -81,6 +85,8 @@ class MuEStepper:
                 # a sample already out keeps its state (similarity 1): record only what the sample computed
                 sims[:, layer] = torch.where(active.view(-1, self.beams).any(1), sim, sims[:, layer])
                 used[fire] = layer + 1
+            elif self.cfg.head_every_layer:
+                final = torch.where(active.view(-1, self.beams).any(1), sim, final)
             if self.cfg.head_every_layer:
                 goes_on = active & ~fire
                 adapter.logprobs(new[goes_on])  # the authors' per-layer head, for its cost only
@@ -92,6 +98,7 @@ class MuEStepper:
         self.layers.append(used[:: self.beams].clone())
         self.sims.append(sims)
         self.heads.append(heads[:: self.beams].clone())
+        self.final_sims.append(final)
         self.step_index += 1
         return adapter.logprobs(h)
 

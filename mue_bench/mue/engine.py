@@ -6,7 +6,7 @@ layers used per encoder stream, layers used per generated token, similarity trac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,13 +79,15 @@ class Decoded:
     layers: list[int]
     sims: list[list[float]]
     heads: int = 0  # LM-head calls beyond each step's own (head_every_layer)
+    final_sims: list[float] = field(default_factory=list)  # per step, after the last layer (head_every_layer)
 
 
 def decoded_rows(stepper: MuEStepper, tokens: list[list[int]]) -> list[Decoded]:
     layers = torch.stack(stepper.layers, 1).tolist()  # [B, steps]
     sims = torch.stack(stepper.sims, 1).tolist()  # [B, steps, L-1]
     heads = torch.stack(stepper.heads, 1).sum(1).tolist()  # [B]
-    return [Decoded(t, u, s, h) for t, u, s, h in zip(tokens, layers, sims, heads)]
+    final = torch.stack(stepper.final_sims, 1).tolist()  # [B, steps]
+    return [Decoded(t, u, s, h, f) for t, u, s, h, f in zip(tokens, layers, sims, heads, final)]
 
 
 def sample_exits(adapter: ExitAdapter, cfg: ExitConfig, enc: EncoderResult, b: int, n_img: int, n_txt: int,
@@ -150,8 +152,12 @@ class Engine:
     def run_batch(self, batch: Any, cfg: ExitConfig) -> BatchResult:
         return self.collect(self.run(batch, cfg), cfg)
 
+    # Whether grid reuse may take a point's result from a stored run whose exit decisions it would make the same
+    # way (grid_reuse.py's certificates); off, it shares by encoder exits alone (benchmarks/grid_cost.py compares).
+    certificates = True
+
     def grid_reuse(self):
         """Shared evaluation of the untimed batches of a grid (grid_reuse.py)."""
         from mue_bench.mue.grid_reuse import GridReuse  # grid_reuse builds on this module
 
-        return GridReuse(self.adapter, self.decoding)
+        return GridReuse(self.adapter, self.decoding, certificates=self.certificates)
