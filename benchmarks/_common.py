@@ -83,16 +83,39 @@ def updated(spec: SweepSpec, **fields) -> SweepSpec:
 
 
 def timed_sweep(spec: SweepSpec, options: runner.SweepOptions, limit: int | None = None, cold: bool = False,
-                **fields) -> tuple[runner.SweepOutcome, float]:
+                load=None, **fields) -> tuple[runner.SweepOutcome, float]:
     """Run the sweep into a temporary folder, so a benchmark never resumes from or overwrites real results;
-    return its outcome and wall seconds. `limit` caps the samples; `cold` starts from an empty cache."""
+    return its outcome and wall seconds. `limit` caps the samples; `cold` starts from an empty cache; `load`
+    replaces the spec's loader (runner.run_sweep's)."""
     with tempfile.TemporaryDirectory() as out:
         if cold:
             os.environ["MUE_BENCH_CACHE"] = str(Path(out) / "cache")
         spec = updated(spec, output={"dir": out}, **({"data": {"limit": limit}} if limit else {}), **fields)
         t0 = time.perf_counter()
-        outcome = runner.run_sweep(spec, options)
+        outcome = runner.run_sweep(spec, options, load=load)
         return outcome, time.perf_counter() - t0
+
+
+def _unscored(samples, dataset, configs, task, meteor=True):
+    """scoring.score's result with every quality and consistency column NaN, and no corpus scores."""
+    import numpy as np
+
+    out = samples.copy()
+    for col in ("cider", "bleu4", "meteor", "rouge_l", "correct", "consistency"):
+        out[col] = np.nan
+    return out, {}
+
+
+@contextmanager
+def scoring_free() -> Iterator[None]:
+    """Sweeps inside skip scoring: quality comes out NaN. For cost benchmarks on a machine without the scoring
+    stack (the GPU machine has neither pycocoevalcap nor Java); a sweep's wall time then leaves scoring out."""
+    score = runner.score
+    runner.score = _unscored
+    try:
+        yield
+    finally:
+        runner.score = score
 
 
 @contextmanager
