@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench-gpu gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check mue_bench tests benchmarks studies
+
+# On a lent GPU (no venv there: its own python3, the carried wheels; benchmarks/gpu_suite.sh says how).
+bench-gpu:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_suite.sh $(if $(OUT),--out $(OUT)/gpu_results.md)
+
+gpu-wheels: $(BIN)/.installed
+	PYTHON=$(BIN)/python bash benchmarks/gpu_suite.sh --fetch-wheels
 
 clean:
 	rm -rf $(VENV) data results/*.parquet results/*.parts
