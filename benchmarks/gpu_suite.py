@@ -57,7 +57,7 @@ STEPS = (
          "batch_compaction.py", ("--models", "mue-tiny,wide,florence2-large", "--batches", "8,32"), 0.16,
          ("--models", "mue-tiny", "--batches", "2", "--repeats", "1", "--max-len", "4")),
     Step("grid_cost.py: a 5x5x5 threshold grid against naive cost and one full pass", "grid_cost.py",
-         ("--no-scoring",), 0.26,
+         ("--no-scoring", "--sharing", "certificates"), 0.26,
          ("--no-scoring", "--grid", "2", "--limit", "3")),
 )
 

@@ -292,7 +292,8 @@ class TimingSpec(_Strict):
     reference_repeats: int = Field(default=3, ge=1)
     # Time only the first `batches` batches of every point (run in full, as deployed, and paired); evaluate the
     # other samples with grid reuse (mue/grid_reuse.py): encoder outputs shared across decoder settings,
-    # generations shared by samples that reach the same exits. None: every batch is timed, nothing is reused.
+    # generations shared by samples that reach the same exits, and a point whose exit decisions a stored run
+    # makes the same way served by that run (certificates). None: every batch is timed, nothing is reused.
     batches: int | None = Field(default=None, ge=1)
 
 
