@@ -44,14 +44,24 @@ def test_eval_with_a_bad_option_is_one_line(shapes_root, random_checkpoint):
     result = runner.invoke(app, ["eval", "--checkpoint", str(random_checkpoint), "--data-root", str(shapes_root),
                                  "--kv-fill", "smear"])
     assert result.exit_code == 2
-    assert "kv_fill" in result.output and "Traceback" not in result.output
+    assert "--kv-fill: " in result.output and "Traceback" not in result.output
+
+
+def test_eval_names_the_option_not_the_spec_field_it_fills(shapes_root, random_checkpoint):
+    for option, value in (("--img", "5"), ("--txt", "nan"), ("--dec", "-3"), ("--beams", "0"), ("--task", "x"),
+                          ("--encoder-mode", "x"), ("--schedule", "x"), ("--data-version", "7")):
+        result = runner.invoke(app, ["eval", "--checkpoint", str(random_checkpoint), "--data-root", str(shapes_root),
+                                     option, value])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: {option}: ") and "grid." not in lines[0], lines[0]
 
 
 def test_missing_checkpoint_is_named_before_any_work(shapes_root, tmp_path):
     result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope"), "--data-root", str(shapes_root),
                                  "--limit", "1"])
     assert result.exit_code == 2
-    assert "model.checkpoint" in result.output and "nope" in result.output
+    assert "--checkpoint" in result.output and "nope" in result.output
 
 
 def _swept(tmp_path, shapes_root, random_checkpoint, split="test", name="t"):

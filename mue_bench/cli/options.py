@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mue_bench.errors import MueBenchError
 
@@ -29,7 +30,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     except MueBenchError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # The message is the user's text (a key, a path, a value): never markup, and one line whatever it holds.
+        message = escape(" ".join(str(e).splitlines()))
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: finished points are saved; rerun the same command to resume")
