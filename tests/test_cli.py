@@ -78,18 +78,42 @@ def test_pick_json_names_the_largest_saving_within_budget(tmp_path, shapes_root,
     import pandas as pd
 
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    result = runner.invoke(app, ["pick", str(results), "--budget", "0", "--json"])
+    result = runner.invoke(app, ["pick", str(results), "--budget", "0.5", "--json"])
     assert result.exit_code == 0, result.output
     chosen = json.loads(result.output)["chosen"]
     points = pd.read_parquet(results)
-    assert chosen["layer_savings"] == points["layer_savings"].max()
+    assert chosen["layer_savings"] == points.loc[points["quality_rel"] >= 0.5, "layer_savings"].max()
     assert chosen["layer_savings_lo"] <= chosen["layer_savings"] <= chosen["layer_savings_hi"]
 
 
-def test_pick_exits_1_when_no_point_meets_the_budget(tmp_path, shapes_root, random_checkpoint):
+def test_a_budget_outside_0_to_1_is_a_bad_option(tmp_path, shapes_root, random_checkpoint):
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    result = runner.invoke(app, ["pick", str(results), "--budget", "5"])
-    assert result.exit_code == 1 and "no point keeps quality_rel ≥ 5" in result.output
+    for command in (["pick", str(results)], ["plot", str(results), "--out", str(tmp_path / "plots")],
+                    ["check", str(results), "--baseline", str(results)]):
+        for budget in ("-1", "0", "2", "nan"):
+            result = runner.invoke(app, [*command, "--budget", budget])
+            lines = [ln for ln in result.output.splitlines() if ln.strip()]
+            assert result.exit_code == 2 and len(lines) == 1, result.output
+            assert f"--budget {budget}: a budget is a fraction of the full model's quality" in lines[0]
+    assert not (tmp_path / "plots").exists()
+
+
+def test_pick_exits_1_when_no_point_meets_the_budget(tmp_path, shapes_root, random_checkpoint):
+    # Any budget in (0, 1] is met by the full model itself, unless its quality is 0 and no quality_rel exists.
+    import pandas as pd
+
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    points = pd.read_parquet(results)
+    points.assign(quality_full=0.0, quality_rel=float("nan")).to_parquet(results)
+    result = runner.invoke(app, ["pick", str(results), "--budget", "0.99"])
+    assert result.exit_code == 1 and "no point keeps quality_rel ≥ 0.99" in result.output
+
+
+def test_a_risk_pick_that_certifies_nothing_exits_1(tmp_path, shapes_root, random_checkpoint):
+    # 4 calibration samples cannot show a risk below 1% at 95% confidence, not even for the full model
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["pick", str(results), "--risk", "0.01", "--calibration-split", "test"])
+    assert result.exit_code == 1 and "no point passes: keep the full model" in result.output
 
 
 def test_risk_controlled_pick_calibrates_on_one_split_and_verifies_on_another(tmp_path, shapes_root,

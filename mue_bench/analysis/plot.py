@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from mue_bench.analysis.bootstrap import bootstrap_intervals  # noqa: E402
 from mue_bench.analysis.pareto import pareto_front  # noqa: E402
-from mue_bench.analysis.pick import OBJECTIVES, pick  # noqa: E402
+from mue_bench.analysis.pick import OBJECTIVES, check_budget, pick  # noqa: E402
 from mue_bench.errors import SpecError  # noqa: E402
 from mue_bench.results import load_results  # noqa: E402
 
@@ -185,4 +185,5 @@ def plot_files(results: list[Path], out: Path, x: str = "layer", y: str = "quali
         raise SpecError(f"--x must be one of {', '.join(OBJECTIVES)} (got {x!r})")
     if y not in ("quality_rel", "quality"):
         raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
+    check_budget(budget)
     return all_figures([load_results(p) for p in results], out, x, y, budget)

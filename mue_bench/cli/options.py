@@ -18,7 +18,8 @@ SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (TOML).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N samples.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 or auto (overrides the spec).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep, e.g. 0.99.")]
+BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep: a fraction of the full model's quality "
+                                                "in (0, 1], e.g. 0.99.")]
 ResultsArg = Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")]
 
 
