@@ -9,11 +9,14 @@ point, from the parts or from the final samples file, so nothing is recomputed o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -149,21 +152,50 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return out
 
 
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A full disk while writing `path` is one line for the user (exit 1), not an OSError traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left on device" in str(e):  # pyarrow's errors carry no errno
+            raise MueBenchError(f"no space left on device writing {path}; free space or choose another "
+                                "output.dir") from None
+        raise
+
+
 def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a parquet file so that readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    _commit([(_staged(df, schema, path, metadata), path)])
+
+
+def _staged(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """The table written to a temp file beside `path` (removed again if the write fails), to be renamed."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   **{k.encode(): v.encode() for k, v in metadata.items()}})
+        fd, tmp = _temp_beside(path)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+        except BaseException:
             os.remove(tmp)
+            raise
+    return tmp
+
+
+def _commit(staged: list[tuple[str, Path]]) -> None:
+    """Rename staged temp files over their targets; any not renamed (an error on the way) are removed."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
@@ -177,10 +209,15 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = _temp_beside(path)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with _writing(path):
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -214,11 +251,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_output_dir(folder: Path) -> None:
-    """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
+def _existing_ancestor(folder: Path) -> Path:
+    """The folder itself, or the nearest folder above it that exists (where it would be created)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    return existing
+
+
+# A generous size of one per-sample row on disk beyond its per-token lists (ids, exits, scores, pair times):
+# the free-space check errs towards a sweep that fits.
+ROW_BYTES = 1024
+
+
+def results_bytes(n_points: int, n_samples: int, max_len: int, depth: tuple[int, int]) -> int:
+    """About the most a sweep's files take: every sample row with its per-token lists (tokens, decoder exits,
+    a similarity per decoder layer) and encoder similarities, uncompressed, twice over (the finished points'
+    parts are removed only once the final file is written)."""
+    enc, dec = depth
+    row = ROW_BYTES + 4 * (2 * max_len + max_len * dec + 2 * enc)
+    return 2 * n_points * n_samples * row
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """Refuse a sweep whose results clearly do not fit on the output folder's filesystem, before model work."""
+    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    if free < need:
+        raise SpecError(f"output.dir {folder}: {what} need about {_size(need)} and its filesystem has {_size(free)} "
+                        "free; free space, choose another output.dir, or shrink the grid or --limit")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} TB"
+
+
+def _check_output_dir(folder: Path) -> None:
+    """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
+    existing = _existing_ancestor(folder)
     if not existing.is_dir():
         what = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
         raise SpecError(f"output.dir {folder} {what}; give a folder")
@@ -268,8 +341,12 @@ class SweepStore:
                 raise MueBenchError(f"another sweep (pid {owner.get('pid', '?')} on {owner.get('host', '?')}) is "
                                     f"writing {self.results}; wait for it to finish, or delete {self.lock} "
                                     "if it is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with _writing(self.lock), os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except BaseException:
+                self.lock.unlink(missing_ok=True)  # an empty lock would name no owner and block every rerun
+                raise
             return
 
     def release(self) -> None:
@@ -337,9 +414,16 @@ class SweepStore:
                 for p in self.parts.glob("*.failed.json")}
 
     def finish(self, samples: pd.DataFrame, points: pd.DataFrame, keep_parts: bool) -> None:
+        """Both final files, renamed into place only once both are written: a write that fails (a full disk)
+        leaves the earlier pair, or none, and the parts a rerun resumes from."""
         meta = {"context_hash": self.context}
-        write_atomic(samples, SAMPLES_SCHEMA, self.samples, meta)
-        write_atomic(points, POINTS_SCHEMA, self.results, meta)
+        staged = [(_staged(samples, SAMPLES_SCHEMA, self.samples, meta), self.samples)]
+        try:
+            staged.append((_staged(points, POINTS_SCHEMA, self.results, meta), self.results))
+        except BaseException:
+            os.remove(staged[0][0])
+            raise
+        _commit(staged)
         if not keep_parts:
             shutil.rmtree(self.parts, ignore_errors=True)
 

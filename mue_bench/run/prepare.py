@@ -53,7 +53,11 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype)
     engine = Engine(adapter, adapter.decoding(**spec.decoding.model_dump()))
-    batches = [engine.prepare(chunk).to(device) for chunk in batched(samples, spec.run.batch_size)]
-    return engine, samples, batches
+    return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
+
+
+def prepare_batches(engine: Engine, samples: list[Sample], size: int, device: torch.device) -> list[Any]:
+    """The samples in pre-processed batches of `size`, on the device (again at a smaller size after an OOM)."""
+    return [engine.prepare(chunk).to(device) for chunk in batched(samples, size)]
 
 

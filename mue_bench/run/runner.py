@@ -7,11 +7,13 @@ pairs into time savings with intervals); the full model's own row is timed `refe
 point's per-sample rows are written as soon as it finishes, so an interrupted sweep loses at most the point
 in flight. Scoring happens once at the end for all points (one Java process for tokenizing, one for METEOR).
 The runner drives an `Engine` and a `Timer` it is given, so tests run it on a fake model and a scripted
-clock.
+clock. A point that runs out of memory is retried at half the batch size (down to 1), and the rest of the
+sweep keeps the smaller size; batch invariance makes its results those of a sweep run at that size.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +28,16 @@ from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
-from mue_bench.results import POINTS_SCHEMA, RAW_SAMPLES_SCHEMA, SAMPLES_SCHEMA, SweepStore, conform
-from mue_bench.run.prepare import Loader, prepare_inputs
+from mue_bench.results import (
+    POINTS_SCHEMA,
+    RAW_SAMPLES_SCHEMA,
+    SAMPLES_SCHEMA,
+    SweepStore,
+    check_free_space,
+    conform,
+    results_bytes,
+)
+from mue_bench.run.prepare import Loader, prepare_batches, prepare_inputs
 from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import DeviceTimer, Timer
 from mue_bench.scoring.score import score
@@ -173,6 +183,62 @@ def _executions(result) -> int:
     return sum(s.layers_used for s in result.samples)
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, a RuntimeError that says so (older torch, other backends), or MemoryError."""
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
+@dataclass
+class Batching:
+    """The batches points run at now: the spec's batch size until a point runs out of memory, then half of it,
+    and so on down to 1 (`spec` is the sweep's spec with that batch size, which is what the timing reads)."""
+
+    spec: SweepSpec
+    batches: list
+    reuse: GridReuse | None
+
+    @property
+    def size(self) -> int:
+        return self.spec.run.batch_size
+
+    def halve(self, engine: Engine, samples: list, device: torch.device) -> None:
+        size = max(1, self.size // 2)
+        self.spec = self.spec.model_copy(update={"run": self.spec.run.model_copy(update={"batch_size": size})})
+        self.batches = []  # the old batches' device memory goes before the new batches take theirs
+        free_memory()
+        self.batches = prepare_batches(engine, samples, size, device)
+        # grid reuse keeps encoder outputs by batch index: a new batching starts a new one
+        self.reuse = engine.grid_reuse() if self.reuse is not None else None
+
+
+def _evaluate_shrinking(engine: Engine, samples: list, device: torch.device, run: Batching, cfg: ExitConfig,
+                        timer: Timer, progress: Progress, clock: PairClock) -> tuple[pd.DataFrame, int]:
+    """evaluate_point, retried at half the batch size while it runs out of memory (`run` keeps the smaller
+    size for the points after it, whether or not this one finally fits)."""
+    while True:
+        progress.start_point(cfg.point_id, len(run.batches))
+        try:
+            return evaluate_point(engine, run.batches, cfg, run.spec, timer, progress.batch_done, run.reuse, clock)
+        except Exception as e:
+            if not is_out_of_memory(e) or run.size == 1:
+                raise
+        before = run.size  # out of the except block: the error's frames, and the tensors they hold, are gone
+        run.halve(engine, samples, device)
+        progress.warn(f"grid point {cfg.point_id}: out of memory at batch size {before}; retrying at {run.size} "
+                      "(and keeping it for the rest of the sweep)")
+
+
 def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Progress | None = None, *,
               load: Loader | None = None, timer: Timer | None = None) -> SweepOutcome:
     """Every point of the spec's grid, resuming from what its results folder already holds. `load` gives the
@@ -186,6 +252,9 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     configs = {c.point_id: c for c in spec.points()}
     with SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh) as store:
         engine, samples, batches = (load or prepare_inputs)(spec, device)
+        check_free_space(spec.results_path().parent,
+                         results_bytes(len(configs), len(samples), spec.decoding.max_len, engine.depth),
+                         f"{len(configs)} grid points x {len(samples)} samples")
         store.open()
         done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
         # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
@@ -209,22 +278,27 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
 
         outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
         progress.start_points(len(configs), len(done))
-        reuse = engine.grid_reuse() if spec.timing.batches else None
+        run = Batching(spec, batches, engine.grid_reuse() if spec.timing.batches else None)
         clock = PairClock()
         if todo and spec.timing.warmup:
             progress.warming_up()
-            outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
-        for pid in todo:
-            progress.start_point(pid, len(batches))
             try:
-                rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
-                                                  reuse, clock)
+                outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise MueBenchError(f"out of memory in the warm-up at batch size {spec.run.batch_size} "
+                                    f"({_first_line(e)}); lower run.batch_size") from None
+        for pid in todo:
+            try:
+                rows, executions = _evaluate_shrinking(engine, samples, device, run, configs[pid], timer, progress,
+                                                       clock)
                 outcome.layer_executions += executions
             except (KeyboardInterrupt, MueBenchError):
                 raise
             except Exception as e:  # one failing point does not lose the grid, if asked
                 if not options.continue_on_error:
-                    raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
+                    raise MueBenchError(f"grid point {pid} failed: {_first_line(e)} (finished points are "
                                         "saved; --continue-on-error records failures and goes on)") from e
                 store.save_failure(pid, e)
                 outcome.failed.append(pid)
@@ -239,8 +313,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         if done:
             raw = pd.concat([done[pid] for pid in configs if pid in done], ignore_index=True)
             raw["sample_id"] = raw["sample_index"].map(lambda i: samples[i].sample_id)
-            scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
-            points = summarise(scored, configs, spec.data.task, corpus)
+            try:
+                scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
+                points = summarise(scored, configs, spec.data.task, corpus)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise MueBenchError(f"out of memory while scoring ({_first_line(e)}); every point is saved, so "
+                                    "a rerun with more memory free only scores") from None
         else:  # every point failed: the results hold their failure records only
             scored, points = pd.DataFrame(columns=SAMPLES_SCHEMA.names), pd.DataFrame(columns=["point_id"])
         failures = store.failures()
