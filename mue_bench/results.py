@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -251,7 +252,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _existing_ancestor(folder: Path) -> Path:
+def existing_ancestor(folder: Path) -> Path:
     """The folder itself, or the nearest folder above it that exists (where it would be created)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -275,7 +276,7 @@ def results_bytes(n_points: int, n_samples: int, max_len: int, depth: tuple[int,
 
 def check_free_space(folder: Path, need: int, what: str) -> None:
     """Refuse a sweep whose results clearly do not fit on the output folder's filesystem, before model work."""
-    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    free = shutil.disk_usage(existing_ancestor(folder)).free
     if free < need:
         raise SpecError(f"output.dir {folder}: {what} need about {_size(need)} and its filesystem has {_size(free)} "
                         "free; free space, choose another output.dir, or shrink the grid or --limit")
@@ -291,7 +292,7 @@ def _size(n: float) -> str:
 
 def _check_output_dir(folder: Path) -> None:
     """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
-    existing = _existing_ancestor(folder)
+    existing = existing_ancestor(folder)
     if not existing.is_dir():
         what = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
         raise SpecError(f"output.dir {folder} {what}; give a folder")
@@ -428,6 +429,18 @@ class SweepStore:
             shutil.rmtree(self.parts, ignore_errors=True)
 
 
+def _finite_numbers(frame: pd.DataFrame, columns: list[str], path: Path, whole: bool = False) -> None:
+    """Each column numeric (whole numbers where `whole`) and free of ±inf, which no sweep writes."""
+    for c in columns:
+        values = frame[c]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            raise SpecError(f"{path}: column {c} holds {values.dtype}, not numbers; rerun its sweep")
+        if whole and not pd.api.types.is_integer_dtype(values):
+            raise SpecError(f"{path}: column {c} holds {values.dtype}, not whole numbers; rerun its sweep")
+        if np.isinf(values.to_numpy(float)).any():
+            raise SpecError(f"{path}: column {c} holds an infinite value; rerun its sweep")
+
+
 def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A points table fit to analyse: the named columns (default: the whole schema) present and typed, at least
     one row, each point once, and a successful full-model row. Anything else is one line naming the file."""
@@ -438,19 +451,67 @@ def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None =
                         f"{' …' if len(missing) > 5 else ''} columns); rerun its sweep")
     if points.empty:
         raise SpecError(f"{path}: no points in it; rerun its sweep")
-    for c in columns:
-        field = POINTS_SCHEMA.field(c)
-        if pa.types.is_floating(field.type) and not pd.api.types.is_numeric_dtype(points[c]):
-            raise SpecError(f"{path}: column {c} holds {points[c].dtype}, not numbers; rerun its sweep")
+    _finite_numbers(points, [c for c in columns if pa.types.is_floating(POINTS_SCHEMA.field(c).type)], path)
+    for c in ("point_id", "status", "reference_id", "encoder_mode", "kv_fill", "dec_schedule", "quality_metric",
+              "task", "split"):
+        if c in columns and not points[c].map(lambda v: isinstance(v, str) or v is None).all():
+            raise SpecError(f"{path}: column {c} holds values that are not text; rerun its sweep")
+    if points["point_id"].isna().any():
+        raise SpecError(f"{path}: a point has no point_id; rerun its sweep")
+    if not pd.api.types.is_bool_dtype(points["is_full"]):
+        raise SpecError(f"{path}: column is_full holds {points['is_full'].dtype}, not true/false; rerun its sweep")
     duplicated = points["point_id"][points["point_id"].duplicated()]
     if len(duplicated):
         raise SpecError(f"{path}: point {duplicated.iloc[0]} appears more than once; rerun its sweep with --fresh")
-    if not ((points["status"] == "ok") & points["is_full"].astype(bool)).any():
+    if not ((points["status"] == "ok") & points["is_full"]).any():
         raise SpecError(f"{path}: no successful full-model point, which every saving divides by; rerun its sweep")
     return points
 
 
+# What readers of a per-sample file use (bootstrap intervals, exit histograms, risk control).
+SAMPLE_COLUMNS = ["point_id", "sample_index", "enc_img_layers", "enc_txt_layers", "dec_layers", "layers_used",
+                  "flops", "correct", "cider", "consistency"]
+
+
+def checked_samples(samples: pd.DataFrame, path: Path, points: pd.DataFrame) -> pd.DataFrame:
+    """A per-sample table fit to analyse with its points: the columns readers use, typed, and the same samples,
+    each once, for every successful point."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples]
+    if missing:
+        raise SpecError(f"{path}: not a mue-bench per-sample file of this version (no {', '.join(missing[:5])} "
+                        "columns); rerun its sweep")
+    _finite_numbers(samples, ["sample_index", "enc_img_layers", "enc_txt_layers", "layers_used"], path, whole=True)
+    _finite_numbers(samples, ["flops", "correct", "cider", "consistency"], path)
+    if not samples["dec_layers"].map(_whole_numbers).all():
+        raise SpecError(f"{path}: column dec_layers holds values that are not lists of layer counts; rerun its sweep")
+    if not samples["point_id"].map(lambda v: isinstance(v, str)).all():
+        raise SpecError(f"{path}: column point_id holds values that are not text; rerun its sweep")
+    ok = points.loc[points["status"] == "ok", "point_id"]
+    per_point = samples.groupby("point_id")["sample_index"]
+    if samples.duplicated(["point_id", "sample_index"]).any():
+        raise SpecError(f"{path}: a sample appears more than once for one point; rerun its sweep with --fresh")
+    lacking = [pid for pid in ok if pid not in per_point.groups]
+    if lacking:
+        raise SpecError(f"{path}: no samples of point {lacking[0]}, which {path.name.removesuffix('.samples.parquet')}"
+                        ".parquet lists; rerun its sweep")
+    indexes = {pid: frozenset(per_point.get_group(pid)) for pid in ok}
+    if len(set(indexes.values())) > 1:
+        raise SpecError(f"{path}: its points cover different samples; rerun its sweep with --fresh")
+    return samples
+
+
+def _whole_numbers(value: object) -> bool:
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 1 and bool(np.isfinite(array).all()) and bool((array == np.round(array)).all())
+
+
 def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Points and per-sample rows of one sweep, checked (see checked_points)."""
+    """Points and per-sample rows of one sweep, checked (see checked_points and checked_samples)."""
     points = checked_points(read_table(path), path)
-    return points, read_table(samples_path_for(path))
+    samples = samples_path_for(path)
+    return points, checked_samples(read_table(samples), samples, points)

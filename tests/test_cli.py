@@ -148,16 +148,16 @@ def test_check_passes_on_identical_results_and_fails_on_doctored_quality(tmp_pat
     import pandas as pd
 
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    same = runner.invoke(app, ["check", str(results), "--baseline", str(results), "--budget", "0"])
+    same = runner.invoke(app, ["check", str(results), "--baseline", str(results), "--budget", "0.5"])
     assert same.exit_code == 0, same.output
     assert "passed" in same.output
     points = pd.read_parquet(results)
-    chosen = json_pick(results, 0)
+    chosen = json_pick(results, 0.5)
     doctored = points.copy()
     doctored.loc[doctored["point_id"] == chosen, "quality_rel"] = -1.0
     path = tmp_path / "doctored.parquet"
     doctored.to_parquet(path)
-    bad = runner.invoke(app, ["check", str(path), "--baseline", str(results), "--budget", "0",
+    bad = runner.invoke(app, ["check", str(path), "--baseline", str(results), "--budget", "0.5",
                               "--report", str(tmp_path / "summary.md")])
     assert bad.exit_code == 1
     assert "| quality_rel |" in bad.output and "**FAIL**" in bad.output and "-1.0000" in bad.output

@@ -80,9 +80,14 @@ def check_files(current: Path, baseline: Path, budget: float = 0.99, savings_tol
     check_budget(budget)
     if report is not None and not report.parent.is_dir():
         raise SpecError(f"--report {report}: folder {report.parent} does not exist")
+    if report is not None and report.is_dir():
+        raise SpecError(f"--report {report} is a folder; give a file to append the report to")
     tables = [checked_points(read_table(p), p, CHECK_COLUMNS) for p in (current, baseline)]
     result = compare(*tables, budget, savings_tolerance, area_tolerance)
     if report is not None:
-        with open(report, "a") as f:
-            f.write(result.markdown())
+        try:
+            with open(report, "a") as f:
+                f.write(result.markdown())
+        except OSError as e:
+            raise MueBenchError(f"--report {report}: cannot append the report ({e.strerror or e})") from None
     return result

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -22,8 +25,8 @@ import pandas as pd  # noqa: E402
 from mue_bench.analysis.bootstrap import bootstrap_intervals  # noqa: E402
 from mue_bench.analysis.pareto import pareto_front  # noqa: E402
 from mue_bench.analysis.pick import OBJECTIVES, check_budget, pick  # noqa: E402
-from mue_bench.errors import SpecError  # noqa: E402
-from mue_bench.results import load_results  # noqa: E402
+from mue_bench.errors import MueBenchError, SpecError  # noqa: E402
+from mue_bench.results import existing_ancestor, load_results  # noqa: E402
 
 AXIS = {
     "layer": ("layer_savings", "layer savings (% of layer executions skipped)"),
@@ -180,10 +183,28 @@ def all_figures(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: 
 
 def plot_files(results: list[Path], out: Path, x: str = "layer", y: str = "quality_rel",
                budget: float = 0.99) -> list[Path]:
-    """Every figure of the results files (the trade-off figure overlays them all); the paths written."""
+    """Every figure of the results files (the trade-off figure overlays them all); the paths written. The
+    figures are drawn into a scratch folder beside `out` and moved in together, so a failure leaves none."""
     if x not in OBJECTIVES:
         raise SpecError(f"--x must be one of {', '.join(OBJECTIVES)} (got {x!r})")
     if y not in ("quality_rel", "quality"):
         raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
     check_budget(budget)
-    return all_figures([load_results(p) for p in results], out, x, y, budget)
+    loaded = [load_results(p) for p in results]
+    base = existing_ancestor(out)
+    if not base.is_dir():
+        raise SpecError(f"--out {out}: {base} is a file; give a folder")
+    try:
+        with tempfile.TemporaryDirectory(prefix=".plots-", dir=base) as scratch:
+            drawn = all_figures(loaded, Path(scratch), x, y, budget)
+            out.mkdir(parents=True, exist_ok=True)
+            for p in drawn:
+                os.replace(p, out / p.name)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise MueBenchError(f"no space left on device writing the figures to {out}; free space or choose "
+                                "another --out") from None
+        if isinstance(e, PermissionError):
+            raise SpecError(f"--out {out}: not writable ({e.strerror}); give a folder you can write to") from None
+        raise
+    return [out / p.name for p in drawn]
