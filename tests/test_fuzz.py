@@ -50,7 +50,7 @@ EXAMPLES = {"ci": {"specs": 300, "dry_run": 0.1, "results": 12},
 HANG_S = 60.0  # one spec or one results file through every command; far more is a hang
 SETTINGS = settings(max_examples=EXAMPLES["specs"], deadline=None, database=None, derandomize=PROFILE == "ci",
                     suppress_health_check=list(HealthCheck))
-COUNTS: dict[str, Counter] = {"specs": Counter(), "results": Counter()}
+COUNTS: dict[str, Counter] = {kind: Counter(crashes=0, hangs=0) for kind in ("specs", "results")}
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def _report_counts(request):
     yield
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     lines = [f"fuzz ({PROFILE}) {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-             for kind, counts in COUNTS.items() if counts]
+             for kind, counts in COUNTS.items() if counts.total()]
     with capture.global_and_fixture_disabled():
         print("\n" + "\n".join(lines))
 
@@ -414,7 +414,7 @@ def test_damaged_results_files_are_read_or_refused_in_one_line(swept, tmp_path_f
         _damage_file(swept.with_name("t.samples.parquet"), folder / "d.samples.parquet", damage[1])
         report, plots = folder / "report.md", folder / "plots"
         commands = {"pick": ["pick", str(path)],
-                    "risk": ["pick", str(path), "--risk", "0.5", "--calibration-split", "test"],
+                    "risk": ["pick", str(path), "--risk", "0.5", "--confidence", "0.5", "--calibration-split", "test"],
                     "check": ["check", str(path), "--baseline", str(swept), "--report", str(report)],
                     "baseline": ["check", str(swept), "--baseline", str(path)],
                     "plot": ["plot", str(path), "--out", str(plots)]}
