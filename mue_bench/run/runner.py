@@ -279,11 +279,12 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
         progress.start_points(len(configs), len(done))
         run = Batching(spec, batches, engine.grid_reuse() if spec.timing.batches else None)
+        del batches  # `run` holds them now, and lets them go if it has to make smaller ones
         clock = PairClock()
         if todo and spec.timing.warmup:
             progress.warming_up()
             try:
-                outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
+                outcome.layer_executions += warm_up(engine, run.batches, configs[todo[0]].encoder_mode, spec)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
