@@ -228,8 +228,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise SpecError(f"results file not found: {path}")
     try:
         return pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SpecError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    # A damaged file fails in many ways: thrift or page decoding (ArrowInvalid, OSError), or its pandas metadata
+    # (a JSON blob naming dtypes: TypeError, ValueError, KeyError); each is a file that cannot be read.
+    except (pa.ArrowException, OSError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise SpecError(f"{path}: not a readable parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})"
+                        ) from None
 
 
 def _raw_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -258,6 +258,8 @@ def test_every_spec_loads_or_is_refused_in_one_line(data):
                     with inside(folder):
                         result = runner.invoke(app, ["sweep", str(path), "--dry-run"])
                     counts[f"dry-run exit {result.exit_code}"] += 1
+                    if not (result.exception is None or isinstance(result.exception, SystemExit)):
+                        counts["crashes"] += 1
                     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
                     assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
                     if result.exit_code:
@@ -388,6 +390,8 @@ ALLOWED = {"plot": {2}, "pick": {1, 2}, "risk": {1, 2}, "check": {1, 2}, "baseli
 
 def _run(name: str, args: list[str]):
     result = runner.invoke(app, args, terminal_width=200)
+    if not (result.exception is None or isinstance(result.exception, SystemExit)):
+        COUNTS["results"]["crashes"] += 1
     assert result.exception is None or isinstance(result.exception, SystemExit), (name, result.output,
                                                                                  repr(result.exception))
     out = result.output

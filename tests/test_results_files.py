@@ -60,3 +60,25 @@ def test_a_missing_or_unreadable_results_file_is_bad_input(content, tmp_path):
         path.write_bytes(content)
     result = runner.invoke(app, ["pick", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output and str(path) in result.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("damage", ["float60", "no pandas_type"])
+def test_a_results_file_with_damaged_pandas_metadata_is_bad_input(damage, swept, tmp_path):
+    # what a flipped byte in the JSON that names each column's dtype does (the fuzz suite found both)
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(swept)
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    for column in meta["columns"]:
+        if damage == "float60":
+            column.update(numpy_type="float60", pandas_type="float60")
+        else:
+            column.pop("pandas_type")
+    path = tmp_path / "r.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()}),
+                   path)
+    result = runner.invoke(app, ["pick", str(path)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "not a readable parquet file" in lines[0], result.output
