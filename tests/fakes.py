@@ -116,6 +116,7 @@ def fake_loader(engine: FakeEngine):
 
     def load(spec, device):
         samples = load_samples(spec.data)
+        engine.decoding = DecodingConfig(1, 2, 0, num_beams=spec.decoding.num_beams, max_len=spec.decoding.max_len)
         return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
 
     return load
