@@ -12,7 +12,8 @@ $(BIN)/.installed: pyproject.toml
 	# with a GPU, the package's own range (torch>=2.4) picks the usual CUDA build.
 	if ! $(BIN)/python -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null; then \
 		$(BIN)/python -m pip install -q torch==2.13.0; fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# ray: the Ray executor's tests run in CI too (Ray core has no torch dependency: the CPU torch above stays)
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	touch $@
 
 install: $(BIN)/.installed

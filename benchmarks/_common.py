@@ -12,10 +12,11 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -56,11 +57,17 @@ def caption_samples(n: int) -> list[Sample]:
 
 
 def load_model(name: str, batch_size: int, device: torch.device, tiny=None):
-    """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions, or else the transformers
-    model `name` ("<family>-<shape>", e.g. florence2-large) with random weights built from its config (no
-    downloads) on random inputs."""
+    """(adapter, batch) on the device: `tiny`, a TinyAdapter, on shapes test captions; an OFA size with random
+    weights ("ofa-base") on the same captions at its own resolution; or else the transformers model `name`
+    ("<family>-<shape>", e.g. florence2-large) with random weights built from its config (no downloads) on
+    random inputs."""
     if tiny is not None:
         adapter, batch = tiny, tiny.prepare(caption_samples(batch_size))
+    elif name.startswith("ofa-"):
+        from mue_bench.models.ofa.adapter import OFAAdapter
+
+        adapter = OFAAdapter.random(name)
+        batch = adapter.prepare(caption_samples(batch_size))
     else:
         family, _, shape = name.partition("-")
         adapter, batch = random_hf_model(family, shape, batch_size)
@@ -86,3 +93,25 @@ def timed_sweep(spec: SweepSpec, options: runner.SweepOptions, limit: int | None
         t0 = time.perf_counter()
         outcome = runner.run_sweep(spec, options)
         return outcome, time.perf_counter() - t0
+
+
+@contextmanager
+def time_parts(parts: dict[str, tuple[Any, str]], spent: dict[str, float]) -> Iterator[None]:
+    """Wrap each part's function, `parts[name] = (owner, attribute)`, so that its seconds add up in spent[name]
+    (from outside in: a part called inside another counts in both); unwrap on exit."""
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in parts.items()}
+    for name, (owner, attr) in parts.items():
+
+        def wrapped(*a, _fn=originals[name], _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                spent[_name] += time.perf_counter() - t0
+
+        setattr(owner, attr, wrapped)
+    try:
+        yield
+    finally:
+        for name, (owner, attr) in parts.items():
+            setattr(owner, attr, originals[name])

@@ -5,11 +5,13 @@ Florence-2-large-shaped model. Every stream and token exits after k of L layers 
 random weights suffice). realization = measured speedup / ideal speedup, where ideal = full FLOPs /
 exit FLOPs from the engine's analytic count (vision tower included: no exit skips it).
 
-Side by side, in the same run, a reference loop written the way the authors' code decides exits: one
-cosine similarity over the whole flattened batch per layer and a Python `if` on that device tensor
-(a host sync per layer per token), copy-filling the skipped layers' slots.
+Side by side, in the same run, the authors' own loop (`authors_loop`): separate text and image streams, one
+cosine similarity over the whole flattened batch per layer with a Python `if` on that device tensor (a host
+sync per layer per token), the LM head after every executed decoder layer, and no K/V fill. Both sides run
+the encoder as separate streams (`split`), so they share the ideal speedup.
 
-    .venv/bin/python benchmarks/realization.py [--models mue-tiny,florence2-large,t5gemma2-270m] [--batches 1,32]
+    .venv/bin/python benchmarks/realization.py [--models mue-tiny,florence2-large,t5gemma2-270m,ofa-base]
+        [--batches 1,32]
 """
 
 from __future__ import annotations
@@ -24,33 +26,40 @@ from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import collect, run_model
 
 
-def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:
-    """Greedy decoding with whole-batch exit decisions and a host sync per layer (the reference loop)."""
+def _flat_cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(new.flatten().float(), old.flatten().float(), dim=0)
+
+
+def authors_loop(adapter, batch, k: int | None, max_len: int, eos_id: int) -> list[list[int]]:
+    """Greedy decoding as the authors' released code runs MuE (Tangshengku/OFA @b329878, unify_transformer.py):
+    the text stream, then the image stream, each through the layers alone until one cosine over the whole
+    flattened batch passes (a Python `if` on a device tensor: a host sync per layer); per token the same test
+    per decoder layer, the LM head after every executed layer that goes on, and no K/V for skipped layers (their
+    copy never runs). With fixed exits no token reaches a skipped layer, so the missing entries are never read."""
     streams = adapter.embed_streams(batch)
-    h = torch.cat([streams.image, streams.text], 1)
+    done = {}
+    for stream, h, mask in (("text", streams.text, streams.text_mask), ("image", streams.image, streams.image_mask)):
+        for layer in range(adapter.n_enc_layers):
+            new = adapter.encoder_layer(layer, h, mask, stream=stream)
+            sim = _flat_cosine(new, h)
+            h = new
+            if (k is not None and layer + 1 >= k) or sim > 2.0:
+                break
+        done[stream] = h
+    enc = adapter.encoder_norm(torch.cat([done["image"], done["text"]], 1))
     mask = torch.cat([streams.image_mask, streams.text_mask], 1)
-    for layer in range(adapter.n_enc_layers):
-        new = adapter.encoder_layer(layer, h, mask)
-        sim = F.cosine_similarity(new.flatten(), h.flatten(), dim=0)
-        h = new
-        if (k is not None and layer + 1 >= k) or sim > 2.0:  # `sim > τ` on a device tensor: a host sync
-            break
-    enc = adapter.encoder_norm(h)
     cache = adapter.decoder_cache(enc)
-    tokens = torch.full((h.shape[0],), adapter.bos_id, dtype=torch.long, device=h.device)
+    tokens = torch.full((enc.shape[0],), adapter.bos_id, dtype=torch.long, device=enc.device)
     out = []
     for step in range(max_len):
         x = adapter.decoder_embed(tokens, step)
-        used = adapter.n_dec_layers
         for layer in range(adapter.n_dec_layers):
             new = adapter.decoder_layer(layer, x, cache, mask)
-            sim = F.cosine_similarity(new.flatten(), x.flatten(), dim=0)
+            sim = _flat_cosine(new, x)
             x = new
             if (k is not None and layer + 1 >= k) or sim > 2.0:
-                used = layer + 1
                 break
-        for layer in range(used, adapter.n_dec_layers):  # copy-fill the skipped layers' slots
-            cache.append(layer, *cache.slot(used - 1))
+            adapter.logprobs(x)  # the per-layer head of the authors' loop (inner_out_states), unused
         logprobs = adapter.logprobs(x)
         logprobs[:, eos_id] = float("-inf")
         tokens = logprobs.argmax(-1)
@@ -62,8 +71,8 @@ def authors_style(adapter, batch, k: int | None, max_len: int, eos_id: int) -> l
 def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torch.device) -> dict:
     adapter, batch = load_model(name, batch_size, device, TinyAdapter.load("mue-tiny") if name == "mue-tiny" else None)
     k = adapter.n_enc_layers // 2
-    full_cfg = ExitConfig(encoder_mode="freeze")
-    exit_cfg = ExitConfig(encoder_mode="freeze", fixed_exit=(k, k, adapter.n_dec_layers // 2))
+    full_cfg = ExitConfig(encoder_mode="split")
+    exit_cfg = ExitConfig(encoder_mode="split", fixed_exit=(k, k, adapter.n_dec_layers // 2))
     dec = adapter.decoding(max_len=max_len, ignore_eos=True)
     flops = {}
     for key, cfg in (("full", full_cfg), ("exit", exit_cfg)):
@@ -71,8 +80,8 @@ def measure(name: str, batch_size: int, max_len: int, repeats: int, device: torc
     runs = {
         ("engine", "full"): lambda: run_model(adapter, batch, full_cfg, dec),
         ("engine", "exit"): lambda: run_model(adapter, batch, exit_cfg, dec),
-        ("authors", "full"): lambda: authors_style(adapter, batch, None, max_len, adapter.eos_id),
-        ("authors", "exit"): lambda: authors_style(adapter, batch, k, max_len, adapter.eos_id),
+        ("authors", "full"): lambda: authors_loop(adapter, batch, None, max_len, adapter.eos_id),
+        ("authors", "exit"): lambda: authors_loop(adapter, batch, k, max_len, adapter.eos_id),
     }
     t = interleaved_medians(runs, repeats, device)
     ideal = flops["full"] / flops["exit"]

@@ -9,47 +9,24 @@ empty cache, so METEOR's paraphrase table is cut inside the sweep, as on the fir
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from _common import parser, timed_sweep
+from _common import parser, time_parts, timed_sweep
 
 from mue_bench.mue.engine import Engine
 from mue_bench.results import SweepStore
-from mue_bench.run import runner
+from mue_bench.run import executor, runner
 from mue_bench.spec import load_spec
 
 # Each part of a sweep and the function that does it.
 PARTS = {
     "model work (warm-up included)": (Engine, "run"),
-    "loading model, data, inputs": (runner, "prepare_inputs"),
+    "loading model, data, inputs": (executor, "prepare_inputs"),
     "per-sample bookkeeping (collect)": (Engine, "collect"),
     "scoring (pycocoevalcap)": (runner, "score"),
     "writing point parts": (SweepStore, "save_point"),
     "writing final parquet": (SweepStore, "finish"),
 }
-
-
-@contextmanager
-def time_parts(spent: dict[str, float]):
-    """Wrap each part's function so its seconds add up in spent[part]; unwrap on exit."""
-    originals = {name: getattr(owner, attr) for name, (owner, attr) in PARTS.items()}
-    for name, (owner, attr) in PARTS.items():
-
-        def wrapped(*a, _fn=originals[name], _name=name, **kw):
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **kw)
-            finally:
-                spent[_name] += time.perf_counter() - t0
-
-        setattr(owner, attr, wrapped)
-    try:
-        yield
-    finally:
-        for name, (owner, attr) in PARTS.items():
-            setattr(owner, attr, originals[name])
 
 
 def main() -> None:
@@ -61,7 +38,7 @@ def main() -> None:
 
     spec = load_spec(Path(args.spec))
     spent = {name: 0.0 for name in PARTS}
-    with time_parts(spent):
+    with time_parts(PARTS, spent):
         outcome, total = timed_sweep(spec, runner.SweepOptions(fresh=True), limit=args.limit, cold=args.cold)
     model_time = spent["model work (warm-up included)"]
 

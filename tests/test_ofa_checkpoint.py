@@ -17,6 +17,7 @@ from mue_bench.cli import app
 from mue_bench.errors import SpecError
 from mue_bench.models.ofa import checkpoint as ck
 from mue_bench.models.ofa.tokenizer import BIN_TOKENS, CODE_TOKENS
+from tests.test_ofa_inputs import train_bpe
 
 D, FFN, HEADS = 16, 32, 2
 TEXT = ["a man riding a horse on the beach", "what does the image describe?", "two dogs play in the snow"]
@@ -24,13 +25,7 @@ TEXT = ["a man riding a horse on the beach", "what does the image describe?", "t
 
 @pytest.fixture(scope="module")
 def bpe(tmp_path_factory):
-    """A tiny GPT-2-style byte-level BPE with OFA's four specials first (and <mask>), trained offline."""
-    folder = tmp_path_factory.mktemp("bpe")
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(TEXT * 10, vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok.save_model(str(folder))
-    return folder
+    return train_bpe(tmp_path_factory.mktemp("bpe"), TEXT, vocab_size=300)
 
 
 def rows(bpe_dir) -> int:

@@ -13,7 +13,8 @@ from mue_bench.mue.engine import run_model
 from mue_bench.run.prepare import load_samples
 from mue_bench.spec import Checkpoint, DataSpec
 from mue_bench.training.recipe import run_recipe
-from tests.test_ofa_sweep import _folder, bpe_dir  # noqa: F401 (a fixture)
+from tests.test_ofa_inputs import bpe_dir  # noqa: F401 (a fixture)
+from tests.test_ofa_sweep import _folder
 
 
 def test_a_few_steps_lower_every_layers_loss_and_the_checkpoint_reloads(tmp_path, shapes_root, bpe_dir):  # noqa: F811

@@ -19,14 +19,18 @@ TEXT = ["a man riding a horse on the beach", "what does the image describe?", "d
         "can image and text1 imply text2", "yes no maybe", "two dogs play in the snow"]
 
 
-@pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bpe")
+def train_bpe(folder, texts: list[str] = TEXT, vocab_size: int = 320):
+    """A tiny GPT-2-style byte-level BPE with OFA's four specials first (and <mask>), trained offline."""
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(TEXT * 10, vocab_size=320, min_frequency=1, show_progress=False,
+    tok.train_from_iterator(texts * 10, vocab_size=vocab_size, min_frequency=1, show_progress=False,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.save_model(str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    return train_bpe(tmp_path_factory.mktemp("bpe"))
 
 
 @pytest.fixture(scope="module")

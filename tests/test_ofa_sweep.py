@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 import torch
-from tokenizers import ByteLevelBPETokenizer
 
 from mue_bench.errors import SpecError
 from mue_bench.models.ofa.adapter import OFAAdapter
@@ -19,7 +18,7 @@ from mue_bench.models.ofa.tokenizer import vocab_size
 from mue_bench.run.runner import SweepOptions, run_sweep
 from mue_bench.spec import load_spec
 from tests.ofa_fixture_weights import fixture_state_dict
-from tests.test_ofa_inputs import TEXT
+from tests.test_ofa_inputs import bpe_dir  # noqa: F401 (a fixture)
 from tests.test_ofa_model import TINY, _save
 
 
@@ -37,16 +36,6 @@ def _folder(root, tokenizer_dir=None):
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(tokenizer_dir / name, root / name)
     return root
-
-
-@pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bpe")
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(TEXT * 10, vocab_size=320, min_frequency=1, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok.save_model(str(folder))
-    return folder
 
 
 def _spec(tmp_path, shapes_root, checkpoint, task="caption", extra=""):
@@ -90,7 +79,7 @@ def test_a_converted_folder_sweeps_shapes_and_writes_both_files(tmp_path, shapes
     assert spec.results_path().is_file() and spec.samples_path().is_file()
 
 
-def test_entailment_ranks_ofas_answers_by_default(tmp_path, shapes_root, bpe_dir):
+def test_entailment_ranks_ofas_answers_by_default(tmp_path, shapes_root, bpe_dir):  # noqa: F811
     folder = _folder(tmp_path / "ofa-tok", bpe_dir)
     spec = _spec(tmp_path, shapes_root, folder, task="entailment")
     assert spec.decoding.answers == ("no", "yes", "maybe")

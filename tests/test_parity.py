@@ -131,6 +131,15 @@ def ofa():
     return tiny_adapter(), _batch()
 
 
+def test_every_family_counts_its_heads_flops():
+    from mue_bench.models.hf.random import random_hf_model
+    from tests.test_ofa_model import tiny_adapter
+
+    for adapter in (random_tiny(), tiny_adapter(), random_hf_model("florence2", "tiny", 1)[0],
+                    random_hf_model("t5gemma2", "tiny", 1)[0]):
+        assert adapter.dims.head() == 2 * adapter.dims.d_model * adapter.dims.vocab > 0
+
+
 def test_ofa_parity_drops_the_image_streams_relative_bias_only(ofa):
     adapter, batch = ofa
     enc = adapter.model.encoder

@@ -96,7 +96,10 @@ def sweep_summary(outcome, spec) -> None:
     warnings = pts["timing_warning"].dropna().unique()
     if len(warnings):
         err_console.print(f"[yellow]warning:[/yellow] {warnings[0]}", highlight=False)
-    if outcome.wall_s:
+    if outcome.wall_s and outcome.workers > 1:
+        line(f"timing the full model beside each point took {outcome.reference_s:.1f} s of {outcome.workers} "
+             f"workers' time; this run took {outcome.wall_s:.1f} s")
+    elif outcome.wall_s:
         line(f"timing the full model beside each point took {outcome.reference_s:.1f} s of this run's "
              f"{outcome.wall_s:.1f} s ({outcome.reference_s / outcome.wall_s:.0%})")
     line(f"wrote {spec.results_path()} and {spec.samples_path()}")
@@ -122,7 +125,7 @@ def sweep_json(outcome, spec) -> None:
                 "points": len(pts), "n": int(pts["n"].max()) if len(ok) else 0,
                 "computed": outcome.computed, "reused": outcome.reused, "failed": outcome.failed,
                 "full": _point_json(full.iloc[0]) if len(full) else None, "best": best,
-                "wall_s": outcome.wall_s, "reference_s": outcome.reference_s,
+                "wall_s": outcome.wall_s, "reference_s": outcome.reference_s, "workers": outcome.workers,
                 "timing_warning": warnings[0] if len(warnings) else None})
 
 

@@ -8,6 +8,7 @@ alone. Rows are laid out sample-major: row = sample * num_beams + beam.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -23,6 +24,24 @@ class Stepper(Protocol):
 
     def reorder(self, index: torch.Tensor) -> None:
         """Beam search moved rows: row r now continues what row index[r] held."""
+
+
+class RecomputeStepper:
+    """A plain model's reference decoding: no cache, the whole prefix re-run every step. `last_logprobs` maps
+    the prefix [rows, t] (beams expanded) to the next-token log-probs of its last position."""
+
+    def __init__(self, last_logprobs: Callable[[torch.Tensor], torch.Tensor]):
+        self.last_logprobs = last_logprobs
+        self.history: torch.Tensor | None = None
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[:, None]
+        self.history = tokens if self.history is None else torch.cat([self.history, tokens], 1)
+        return self.last_logprobs(self.history)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        assert self.history is not None
+        self.history = self.history[index]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""What every results row records about how it was made (DESIGN.md §3): versions, device, revision."""
+"""What every results row records about how it was made (DESIGN.md §3): versions, device, revision.
+
+The device's name and host are a point's own (summarise.with_origins, from its samples): the workers of one
+sweep may differ."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import torch
 
 import mue_bench
-from mue_bench.models.registry import checkpoint_hash, device_name
+from mue_bench.models.registry import checkpoint_hash
 from mue_bench.mue.search import DecodingConfig
 from mue_bench.spec import SweepSpec
 
@@ -38,7 +41,7 @@ def provenance(spec: SweepSpec, device: torch.device, run_id: str, decoding: Dec
         "context_hash": spec.context_hash(), "model_family": spec.model.family,
         "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model.resolved),
         "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
-        "device": str(device), "device_name": device_name(device), "dtype": spec.run.dtype,
+        "device": str(device), "dtype": spec.run.dtype,
         "batch_size": spec.run.batch_size, "parity": spec.grid.parity,
         "num_beams": (decoding or spec.decoding).num_beams, "max_len": (decoding or spec.decoding).max_len,
         "torch_version": torch.__version__,

@@ -7,7 +7,10 @@ pairs into time savings with intervals); the full model's own row is timed `refe
 point's per-sample rows are written as soon as it finishes, so an interrupted sweep loses at most the point
 in flight. Scoring happens once at the end for all points (one Java process for tokenizing, one for METEOR).
 The runner drives an `Engine` and a `Timer` it is given, so tests run it on a fake model and a scripted
-clock.
+clock. Who runs the points is its executor's business (run/executor.py: this process, or Ray workers, each
+point on one device); the store, resume and scoring are the runner's alike for both. A point that runs out of
+memory is retried at half the batch size (down to 1) by the worker that ran it, which keeps the smaller size;
+batch invariance makes its results those of a sweep run at that size.
 """
 
 from __future__ import annotations
@@ -19,19 +22,27 @@ from dataclasses import dataclass, field
 from statistics import median
 
 import pandas as pd
-import torch
 
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.models.registry import resolve_device
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
-from mue_bench.mue.grid_reuse import GridReuse, encoder_setting
-from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SampleRow, SweepStore, conform, sample_frame
-from mue_bench.run.prepare import Loader, prepare_inputs
+from mue_bench.mue.grid_reuse import GridReuse
+from mue_bench.results import (
+    POINTS_SCHEMA,
+    SAMPLES_SCHEMA,
+    SampleRow,
+    SweepStore,
+    check_free_space,
+    conform,
+    results_bytes,
+    sample_frame,
+)
+from mue_bench.run.executor import Executor, Model, executor_for, first_line, is_out_of_memory, units_of
+from mue_bench.run.prepare import Loader
 from mue_bench.run.provenance import provenance
-from mue_bench.run.timing import DeviceTimer, Timer
+from mue_bench.run.timing import Origin, Timer
 from mue_bench.scoring.score import score
-from mue_bench.scoring.summarise import failed_rows, summarise
+from mue_bench.scoring.summarise import failed_rows, summarise, with_origins
 from mue_bench.spec import SweepSpec
 
 
@@ -83,7 +94,9 @@ class SweepOutcome:
     failed: list[str] = field(default_factory=list)
     layer_executions: int = 0  # of the points computed in this run (warm-up and repeats included)
     wall_s: float = 0.0  # this run of the sweep, start to end
-    reference_s: float = 0.0  # of which timing the full model inside pairs
+    reference_s: float = 0.0  # of which timing the full model inside pairs (summed over workers)
+    workers: int = 1
+    done: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # raw rows of every finished point
 
 
 @dataclass
@@ -114,7 +127,7 @@ def _timed_pair(engine: Engine, batch, cfg: ExitConfig, timer: Timer, clock: Pai
 
 def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSpec, timer: Timer,
                    on_batch: Callable[[], None] = lambda: None, reuse: GridReuse | None = None,
-                   clock: PairClock | None = None) -> tuple[pd.DataFrame, int]:
+                   clock: PairClock | None = None, origin: Origin | None = None) -> tuple[pd.DataFrame, int]:
     """Per-sample raw rows of one grid point and the layer executions it took. The timed batches (all, or
     the first `timing.batches` when `reuse` is given) run in full: outputs of the first pass, median batch
     times, and for every point but the full model, each timed run paired with a full-model run of the same
@@ -163,6 +176,7 @@ def evaluate_point(engine: Engine, batches: list, cfg: ExitConfig, spec: SweepSp
                 enc_img_layers=s.enc_img_layers, enc_txt_layers=s.enc_txt_layers,
                 dec_layers=s.dec_layers, layers_used=s.layers_used, flops=s.flops,
                 latency_s=share, peak_mem_bytes=mem if index < first else None,
+                host=origin.host if origin else None, device_name=origin.device_name if origin else None,
                 pair_s=[p["point_s"] for p in batch_pairs], pair_ref_s=[p["ref_s"] for p in batch_pairs],
                 pair_ref_first=[p["ref_first"] for p in batch_pairs], pair_at=[p["at"] for p in batch_pairs],
                 enc_img_sims=s.enc_img_sims, enc_txt_sims=s.enc_txt_sims, dec_sims=s.dec_sims,
@@ -195,83 +209,91 @@ def _executions(result) -> int:
 
 def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Progress | None = None, *,
               load: Loader | None = None, timer: Timer | None = None) -> SweepOutcome:
-    """Every point of the spec's grid, resuming from what its results folder already holds. `load` gives the
-    engine, samples and batches (default: the spec's model and data; a test passes a fake); `timer` times the
-    model work (default: the device's own clock)."""
+    """Every point of the spec's grid, resuming from what its results folder already holds, on the spec's
+    executor (run/executor.py: this process, or Ray workers). `load` gives the engine, samples and batches
+    (default: the spec's model and data; a test passes a fake); `timer` times the model work (default: the
+    device's own clock; local executor only)."""
     options, progress = options or SweepOptions(), progress or Progress()
     started = time.perf_counter()
-    device = resolve_device(spec.run.device)
-    timer = timer or DeviceTimer(device)
-    torch.manual_seed(spec.run.seed)
+    executor = executor_for(spec, load, timer)
     configs = {c.point_id: c for c in spec.points()}
     with SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh) as store:
-        engine, samples, batches = (load or prepare_inputs)(spec, device)
-        store.open()
-        done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
-        # Points sharing an encoder setting run back to back, so grid reuse keeps one setting's encoder outputs.
-        first_seen: dict = {}
-        for c in configs.values():
-            first_seen.setdefault(encoder_setting(c), len(first_seen))
-        todo = sorted((pid for pid in configs if pid not in done),
-                      key=lambda p: first_seen[encoder_setting(configs[p])])
-        native = engine.native_encoder_mode
-        if native and any(c.encoder_mode != native for c in configs.values()):
-            progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
-                          f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
-                          f"function than the model was trained for (use {native!r} unless you mean it)")
-        enc, dec = engine.depth
-        deep = next((c.fixed_exit for c in configs.values()
-                     if c.fixed_exit and (max(c.fixed_exit[:2]) > enc or c.fixed_exit[2] > dec)), None)
-        if deep is not None:
-            raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
-        if any(len(rows) != len(samples) for rows in done.values()):
-            raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
-
-        outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done))
-        progress.start_points(len(configs), len(done))
-        reuse = engine.grid_reuse() if spec.timing.batches else None
-        clock = PairClock()
-        if todo and spec.timing.warmup:
-            progress.warming_up()
-            outcome.layer_executions += warm_up(engine, batches, configs[todo[0]].encoder_mode, spec)
-        for pid in todo:
-            progress.start_point(pid, len(batches))
-            try:
-                rows, executions = evaluate_point(engine, batches, configs[pid], spec, timer, progress.batch_done,
-                                                  reuse, clock)
-                outcome.layer_executions += executions
-            except (KeyboardInterrupt, MueBenchError):
-                raise
-            except Exception as e:  # one failing point does not lose the grid, if asked
-                if not options.continue_on_error:
-                    raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
-                                        "saved; --continue-on-error records failures and goes on)") from e
-                store.save_failure(pid, e)
-                outcome.failed.append(pid)
-                progress.point_done(pid, False)
-                continue
-            store.save_point(pid, rows)
-            done[pid] = rows
-            outcome.computed.append(pid)
-            progress.point_done(pid, True, brief(rows, done.get(configs[pid].reference_id)))
-
+        try:
+            model = executor.start()
+            check_free_space(spec.results_path().parent,
+                             results_bytes(len(configs), len(model.samples), model.decoding.max_len, model.depth),
+                             f"{len(configs)} grid points x {len(model.samples)} samples")
+            store.open()
+            outcome = _run_points(spec, options, progress, executor, model, configs, store)
+        finally:
+            executor.close()
+        samples = model.samples
+        done = outcome.done
         progress.scoring()
         if done:
             raw = pd.concat([done[pid] for pid in configs if pid in done], ignore_index=True)
             raw["sample_id"] = raw["sample_index"].map(lambda i: samples[i].sample_id)
-            scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
-            points = summarise(scored, configs, spec.data.task, corpus)
+            try:
+                scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
+                points = with_origins(summarise(scored, configs, spec.data.task, corpus), scored)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise MueBenchError(f"out of memory while scoring ({first_line(e)}); every point is saved, so "
+                                    "a rerun with more memory free only scores") from None
         else:  # every point failed: the results hold their failure records only
             scored, points = pd.DataFrame(columns=SAMPLES_SCHEMA.names), pd.DataFrame(columns=["point_id"])
         failures = store.failures()
         if failures:
             points = pd.concat([points, failed_rows(failures, configs)], ignore_index=True)
-        for key, value in provenance(spec, device, uuid.uuid4().hex[:12], engine.decoding).items():
+        for key, value in provenance(spec, executor.device, uuid.uuid4().hex[:12], model.decoding).items():
             points[key] = value
         points = conform(points, POINTS_SCHEMA)
         scored = conform(scored, SAMPLES_SCHEMA)
         store.finish(scored, points, keep_parts=bool(failures))
         outcome.points, outcome.samples = points, scored
         outcome.failed = sorted(set(outcome.failed) | set(failures))
-        outcome.wall_s, outcome.reference_s = time.perf_counter() - started, clock.reference_s
+        outcome.wall_s = time.perf_counter() - started
+    return outcome
+
+
+def _run_points(spec: SweepSpec, options: SweepOptions, progress: Progress, executor: Executor, model: Model,
+                configs: dict[str, ExitConfig], store: SweepStore) -> SweepOutcome:
+    """The points the store does not hold yet, written as each one finishes."""
+    done = {pid: rows for pid, rows in store.finished().items() if pid in configs}
+    native = model.native_encoder_mode
+    if native and any(c.encoder_mode != native for c in configs.values()):
+        progress.warn(f"this model's encoder is {'joint' if native == 'freeze' else 'split into streams'}; "
+                      f"encoder_mode {'split' if native == 'freeze' else 'freeze'} computes a different "
+                      f"function than the model was trained for (use {native!r} unless you mean it)")
+    enc, dec = model.depth
+    deep = next((c.fixed_exit for c in configs.values()
+                 if c.fixed_exit and (max(c.fixed_exit[:2]) > enc or c.fixed_exit[2] > dec)), None)
+    if deep is not None:
+        raise SpecError(f"grid.fixed_exit {list(deep)}: this model has {enc} encoder and {dec} decoder layers")
+    if any(len(rows) != len(model.samples) for rows in done.values()):
+        raise MueBenchError("stored points cover a different number of samples; rerun with --fresh")
+
+    outcome = SweepOutcome(pd.DataFrame(), pd.DataFrame(), reused=list(done), done=done, workers=executor.workers)
+    progress.start_points(len(configs), len(done))
+    units = units_of([c for pid, c in configs.items() if pid not in done])
+    for result in executor.run(units, progress):
+        pid = result.point_id
+        for warning in result.warnings:
+            progress.warn(warning)
+        outcome.layer_executions += result.executions
+        outcome.reference_s += result.reference_s
+        if result.error is not None:  # one failing point does not lose the grid, if asked
+            e = result.error
+            if not options.continue_on_error:
+                raise MueBenchError(f"grid point {pid} failed: {first_line(e)} (finished points are "
+                                    "saved; --continue-on-error records failures and goes on)") from e
+            store.save_failure(pid, e)
+            outcome.failed.append(pid)
+            progress.point_done(pid, False)
+            continue
+        store.save_point(pid, result.rows)
+        done[pid] = result.rows
+        outcome.computed.append(pid)
+        progress.point_done(pid, True, brief(result.rows, done.get(configs[pid].reference_id)))
     return outcome

@@ -7,11 +7,15 @@ tests can script the times it reads.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import torch
+
+from mue_bench.models.registry import device_name
 
 T = TypeVar("T")
 
@@ -53,3 +57,16 @@ class DeviceTimer:
 
     def peak_memory(self) -> int | None:
         return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a point was timed, written on each of its rows: a point's pairs are all taken on one worker, so
+    its time saving divides by that device's own full-model times."""
+
+    host: str
+    device_name: str
+
+    @classmethod
+    def of(cls, device: torch.device) -> Origin:
+        return cls(socket.gethostname(), device_name(device))

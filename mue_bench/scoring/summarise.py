@@ -81,7 +81,7 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
     groups = dict(tuple(samples.groupby("point_id", sort=False)))
     stats = {pid: _point_stats(g) for pid, g in groups.items()}
     pairs = {pid: pairs_of(g) for pid, g in groups.items()}
-    warning = drift_warning(drift([p for p in pairs.values() if len(p)]))
+    warning = drift_warning(_largest_drift(groups, pairs))
     rows = []
     for pid, cfg in configs.items():
         if pid not in stats:
@@ -103,6 +103,31 @@ def summarise(samples: pd.DataFrame, configs: Mapping[str, ExitConfig], task: st
         row.timing_warning = warning
         rows.append(row)
     return point_frame(rows)
+
+
+def _largest_drift(groups: Mapping[str, pd.DataFrame], pairs: Mapping[str, Pairs]) -> float | None:
+    """The full model's drift on each device that timed points (one per worker in a Ray sweep: the speeds of
+    two devices are not one machine drifting), the largest in size."""
+    by_origin: dict[tuple, list[Pairs]] = {}
+    for pid, g in groups.items():
+        if len(pairs[pid]):
+            by_origin.setdefault(_origin(g), []).append(pairs[pid])
+    changes = [c for c in map(drift, by_origin.values()) if c is not None]
+    return max(changes, key=abs, default=None)
+
+
+def _origin(rows: pd.DataFrame) -> tuple:
+    first = rows.iloc[0]
+    return first.get("host"), first.get("device_name")
+
+
+def with_origins(points: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Each point's host and device name, from its samples (a failed point has none)."""
+    first = samples.drop_duplicates("point_id").set_index("point_id")
+    out = points.copy()
+    for column in ("host", "device_name"):
+        out[column] = out["point_id"].map(first[column]) if column in first else None
+    return out
 
 
 def _identity(pid: str, cfg: ExitConfig) -> dict:

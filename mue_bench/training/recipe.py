@@ -35,7 +35,7 @@ PATHS: dict[str, tuple[tuple[str | None, str], ...]] = {
 }
 PATHS["transformers"] = PATHS["finetune"]
 # Settings that may name a file or something else (a checkpoint is a folder, a hub id or random:<shape>): taken
-# from the recipe's folder only where that names something that exists.
+# from the recipe's folder where that names something that exists, or where the value starts with "./" or "../".
 MAYBE_PATHS = {("model", "checkpoint")}
 
 
@@ -110,7 +110,8 @@ def _relative_to(directory: Path, settings: dict, trainer: Trainer) -> dict:
         holder = settings if table is None else settings.get(table)
         value = holder.get(key) if isinstance(holder, dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            if (table, key) in MAYBE_PATHS and not (directory / value).exists():
+            if ((table, key) in MAYBE_PATHS and not (directory / value).exists()
+                    and not value.startswith(("./", "../"))):
                 continue
             holder[key] = _from_cwd(directory / value)
     return settings

@@ -96,7 +96,7 @@ class OFAAdapter(ExitAdapter):
         self.n_enc_layers, self.n_dec_layers = cfg.encoder_layers, cfg.decoder_layers
         self.bos_id, self.eos_id, self.pad_id = cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
         # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
-        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model)
+        self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model, vocab=cfg.vocab_size)
         self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
         self._step = 0  # the decoding step decoder_embed saw last: the position of this step's token
         # False: the image stream without its relative position bias (the authors' code; spec grid.parity)

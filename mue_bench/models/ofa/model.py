@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mue_bench.models.ofa.config import RESNET_BLOCKS, OFAConfig
-from mue_bench.mue.search import DecodingConfig, generate
+from mue_bench.mue.search import DecodingConfig, RecomputeStepper, generate
 
 KV = tuple[torch.Tensor, torch.Tensor]
 MAX_BUCKET_POSITIONS = 1024  # the relative-position index tables cover this many positions (fairseq's default)
@@ -537,27 +537,14 @@ class OFAModel(nn.Module):
         """Greedy or beam search over the plain model, re-running the decoder over the whole prefix at every
         step (as ModelScope's generator does): the reference for the exit engine."""
         enc_out, enc_mask, src_pos = self.encode(images, ids, mask)
-        stepper = _RecomputeStepper(self, enc_out, enc_mask, src_pos, decoding.num_beams)
+        enc_out, enc_mask = (t.repeat_interleave(decoding.num_beams, 0) for t in (enc_out, enc_mask))
+
+        def last_logprobs(prefix: torch.Tensor) -> torch.Tensor:
+            h = self.decoder_states(prefix, enc_out, enc_mask, src_pos)[-1][:, -1]
+            return F.log_softmax(self.decoder.logits(h), -1, dtype=torch.float32)
+
+        stepper = RecomputeStepper(last_logprobs)
         return generate(stepper, images.shape[0], decoding, images.device)
-
-
-class _RecomputeStepper:
-    def __init__(self, model: OFAModel, enc_out: torch.Tensor, enc_mask: torch.Tensor, src_pos: torch.Tensor,
-                 beams: int):
-        self.model, self.src_pos = model, src_pos
-        self.enc_out = enc_out.repeat_interleave(beams, 0)
-        self.enc_mask = enc_mask.repeat_interleave(beams, 0)
-        self.history: torch.Tensor | None = None
-
-    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        tokens = tokens[:, None]
-        self.history = tokens if self.history is None else torch.cat([self.history, tokens], 1)
-        h = self.model.decoder_states(self.history, self.enc_out, self.enc_mask, self.src_pos)[-1][:, -1]
-        return F.log_softmax(self.model.decoder.logits(h), -1, dtype=torch.float32)
-
-    def reorder(self, index: torch.Tensor) -> None:
-        assert self.history is not None
-        self.history = self.history[index]
 
 
 # --- weights ---------------------------------------------------------------------------------------------

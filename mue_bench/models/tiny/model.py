@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mue_bench.errors import SpecError
-from mue_bench.mue.search import DecodingConfig, generate
+from mue_bench.mue.search import DecodingConfig, RecomputeStepper, generate
 
 
 @dataclass
@@ -234,7 +234,9 @@ class TinyOFA(nn.Module):
     def generate(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                  decoding: DecodingConfig) -> list[list[int]]:
         enc_out, enc_mask = self.encode(images, ids, mask)
-        stepper = _RecomputeStepper(self, enc_out, enc_mask, decoding.num_beams)
+        enc_out, enc_mask = (t.repeat_interleave(decoding.num_beams, 0) for t in (enc_out, enc_mask))
+        stepper = RecomputeStepper(
+            lambda prefix: self.logits(self.decoder_states(prefix, enc_out, enc_mask)[-1][:, -1]).log_softmax(-1))
         return generate(stepper, images.shape[0], decoding, images.device)
 
     # --- persistence ------------------------------------------------------------------------------
@@ -273,23 +275,3 @@ class TinyOFA(nn.Module):
             raise SpecError(f"{weights}: tensor {unexpected[0]} is not part of this model ({config.name})")
         model.load_state_dict(state)
         return model.eval()
-
-
-class _RecomputeStepper:
-    """Reference decoding: re-run the full decoder on the whole prefix every step, no cache."""
-
-    def __init__(self, model: TinyOFA, enc_out: torch.Tensor, enc_mask: torch.Tensor, beams: int):
-        self.model = model
-        self.enc_out = enc_out.repeat_interleave(beams, 0)
-        self.enc_mask = enc_mask.repeat_interleave(beams, 0)
-        self.history: torch.Tensor | None = None
-
-    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        tokens = tokens[:, None]
-        self.history = tokens if self.history is None else torch.cat([self.history, tokens], 1)
-        h = self.model.decoder_states(self.history, self.enc_out, self.enc_mask)[-1][:, -1]
-        return self.model.logits(h).log_softmax(-1)
-
-    def reorder(self, index: torch.Tensor) -> None:
-        assert self.history is not None
-        self.history = self.history[index]
