@@ -48,8 +48,8 @@ def test_eval_with_a_bad_option_is_one_line(shapes_root, random_checkpoint):
 
 
 def test_eval_names_the_option_not_the_spec_field_it_fills(shapes_root, random_checkpoint):
-    for option, value in (("--img", "5"), ("--txt", "nan"), ("--dec", "-3"), ("--beams", "0"), ("--task", "x"),
-                          ("--encoder-mode", "x"), ("--schedule", "x"), ("--data-version", "7")):
+    for option, value in (("--img", "5"), ("--txt", "nan"), ("--dec", "-3"), ("--num-beams", "0"), ("--task", "x"),
+                          ("--encoder-mode", "x"), ("--dec-schedule", "x"), ("--data-version", "7")):
         result = runner.invoke(app, ["eval", "--checkpoint", str(random_checkpoint), "--data-root", str(shapes_root),
                                      option, value])
         lines = [ln for ln in result.output.splitlines() if ln.strip()]

@@ -15,7 +15,8 @@ from mue_bench.spec import SweepSpec, validation_problem
 # The `mue-bench eval` option behind each spec field it sets.
 OPTIONS = {"data.task": "--task", "grid.tau_img": "--img", "grid.tau_txt": "--txt", "grid.tau_dec": "--dec",
            "model.checkpoint": "--checkpoint", "data.split": "--split", "grid.kv_fill": "--kv-fill",
-           "grid.encoder_mode": "--encoder-mode", "grid.dec_schedule": "--schedule", "decoding.num_beams": "--beams",
+           "grid.encoder_mode": "--encoder-mode", "grid.dec_schedule": "--dec-schedule",
+           "decoding.num_beams": "--num-beams",
            "data.root": "--data-root", "data.version": "--data-version", "data.limit": "--limit",
            "run.device": "--device"}
 
