@@ -61,14 +61,14 @@ def run(spec, limit: int, batch: int, ofa: bool) -> list[dict]:
 
 
 def show(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}")
+    print(f"\n{title}", flush=True)
     print(f"{'setting':<24}{'batch':>6}  {'(τ_img, τ_txt, τ_dec)':<24}{'quality':>9}{'rel.':>8}{'layer sav.':>12}"
           f"{'FLOP sav.':>11}{'time sav. [95% CI]':>24}")
     for r in rows:
         point = r["point"]
         time = f"{100 * r['time']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
         print(f"{r['setting']:<24}{r['batch']:>6}  {point:<24}{r['quality']:>9.3f}{100 * r['quality_rel']:>7.1f}%"
-              f"{100 * r['layer']:>11.1f}%{100 * r['flop']:>10.1f}%{time:>24}")
+              f"{100 * r['layer']:>11.1f}%{100 * r['flop']:>10.1f}%{time:>24}", flush=True)
 
 
 def main() -> None:

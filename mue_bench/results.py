@@ -9,14 +9,18 @@ point, from the parts or from the final samples file, so nothing is recomputed o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -256,21 +260,50 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return out
 
 
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A full disk while writing `path` is one line for the user (exit 1), not an OSError traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left on device" in str(e):  # pyarrow's errors carry no errno
+            raise MueBenchError(f"no space left on device writing {path}; free space or choose another "
+                                "output.dir") from None
+        raise
+
+
 def write_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a parquet file so that readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    _commit([(_staged(df, schema, path, metadata), path)])
+
+
+def _staged(df: pd.DataFrame, schema: pa.Schema, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """The table written to a temp file beside `path` (removed again if the write fails), to be renamed."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   **{k.encode(): v.encode() for k, v in metadata.items()}})
+        fd, tmp = _temp_beside(path)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+        except BaseException:
             os.remove(tmp)
+            raise
+    return tmp
+
+
+def _commit(staged: list[tuple[str, Path]]) -> None:
+    """Rename staged temp files over their targets; any not renamed (an error on the way) are removed."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
@@ -284,10 +317,15 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = _temp_beside(path)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with _writing(path):
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -297,8 +335,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise SpecError(f"results file not found: {path}")
     try:
         return pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SpecError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    # A damaged file fails in many ways: thrift or page decoding (ArrowInvalid, OSError), or its pandas metadata
+    # (a JSON blob naming dtypes: TypeError, ValueError, KeyError); each is a file that cannot be read.
+    except (pa.ArrowException, OSError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise SpecError(f"{path}: not a readable parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})"
+                        ) from None
 
 
 def _raw_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -321,11 +362,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_output_dir(folder: Path) -> None:
-    """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
+def existing_ancestor(folder: Path) -> Path:
+    """The folder itself, or the nearest folder above it that exists (where it would be created)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    return existing
+
+
+# A generous size of one per-sample row on disk beyond its per-token lists (ids, exits, scores, pair times):
+# the free-space check errs towards a sweep that fits.
+ROW_BYTES = 1024
+
+
+def results_bytes(n_points: int, n_samples: int, max_len: int, depth: tuple[int, int]) -> int:
+    """About the most a sweep's files take: every sample row with its per-token lists (tokens, decoder exits,
+    a similarity per decoder layer) and encoder similarities, uncompressed, twice over (the finished points'
+    parts are removed only once the final file is written)."""
+    enc, dec = depth
+    row = ROW_BYTES + 4 * (2 * max_len + max_len * dec + 2 * enc)
+    return 2 * n_points * n_samples * row
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """Refuse a sweep whose results clearly do not fit on the output folder's filesystem, before model work."""
+    free = shutil.disk_usage(existing_ancestor(folder)).free
+    if free < need:
+        raise SpecError(f"output.dir {folder}: {what} need about {_size(need)} and its filesystem has {_size(free)} "
+                        "free; free space, choose another output.dir, or shrink the grid or --limit")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} TB"
+
+
+def _check_output_dir(folder: Path) -> None:
+    """Before any model work, creating nothing: the results folder exists or could be made, and is writable."""
+    existing = existing_ancestor(folder)
     if not existing.is_dir():
         what = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
         raise SpecError(f"output.dir {folder} {what}; give a folder")
@@ -375,8 +452,12 @@ class SweepStore:
                 raise MueBenchError(f"another sweep (pid {owner.get('pid', '?')} on {owner.get('host', '?')}) is "
                                     f"writing {self.results}; wait for it to finish, or delete {self.lock} "
                                     "if it is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with _writing(self.lock), os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except BaseException:
+                self.lock.unlink(missing_ok=True)  # an empty lock would name no owner and block every rerun
+                raise
             return
 
     def release(self) -> None:
@@ -444,15 +525,32 @@ class SweepStore:
                 for p in self.parts.glob("*.failed.json")}
 
     def finish(self, samples: pd.DataFrame, points: pd.DataFrame, keep_parts: bool) -> None:
+        """Both final files, renamed into place only once both are written: a write that fails (a full disk)
+        leaves the earlier pair, or none, and the parts a rerun resumes from."""
         meta = {"context_hash": self.context}
-        write_atomic(samples, SAMPLES_SCHEMA, self.samples, meta)
-        write_atomic(points, POINTS_SCHEMA, self.results, meta)
+        staged = [(_staged(samples, SAMPLES_SCHEMA, self.samples, meta), self.samples)]
+        try:
+            staged.append((_staged(points, POINTS_SCHEMA, self.results, meta), self.results))
+        except BaseException:
+            os.remove(staged[0][0])
+            raise
+        _commit(staged)
         if not keep_parts:
             shutil.rmtree(self.parts, ignore_errors=True)
 
 
 # Columns added after files were first written, with the value every older file's points had.
 LATER_COLUMNS = {"exit_scope": "sample", "head_every_layer": False, "parity": False, "host": None}
+def _finite_numbers(frame: pd.DataFrame, columns: list[str], path: Path, whole: bool = False) -> None:
+    """Each column numeric (whole numbers where `whole`) and free of ±inf, which no sweep writes."""
+    for c in columns:
+        values = frame[c]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            raise SpecError(f"{path}: column {c} holds {values.dtype}, not numbers; rerun its sweep")
+        if whole and not pd.api.types.is_integer_dtype(values):
+            raise SpecError(f"{path}: column {c} holds {values.dtype}, not whole numbers; rerun its sweep")
+        if np.isinf(values.to_numpy(float)).any():
+            raise SpecError(f"{path}: column {c} holds an infinite value; rerun its sweep")
 
 
 def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -466,19 +564,67 @@ def checked_points(points: pd.DataFrame, path: Path, columns: list[str] | None =
                         f"{' …' if len(missing) > 5 else ''} columns); rerun its sweep")
     if points.empty:
         raise SpecError(f"{path}: no points in it; rerun its sweep")
-    for c in columns:
-        field = POINTS_SCHEMA.field(c)
-        if pa.types.is_floating(field.type) and not pd.api.types.is_numeric_dtype(points[c]):
-            raise SpecError(f"{path}: column {c} holds {points[c].dtype}, not numbers; rerun its sweep")
+    _finite_numbers(points, [c for c in columns if pa.types.is_floating(POINTS_SCHEMA.field(c).type)], path)
+    for c in ("point_id", "status", "reference_id", "encoder_mode", "kv_fill", "dec_schedule", "quality_metric",
+              "task", "split"):
+        if c in columns and not points[c].map(lambda v: isinstance(v, str) or v is None).all():
+            raise SpecError(f"{path}: column {c} holds values that are not text; rerun its sweep")
+    if points["point_id"].isna().any():
+        raise SpecError(f"{path}: a point has no point_id; rerun its sweep")
+    if not pd.api.types.is_bool_dtype(points["is_full"]):
+        raise SpecError(f"{path}: column is_full holds {points['is_full'].dtype}, not true/false; rerun its sweep")
     duplicated = points["point_id"][points["point_id"].duplicated()]
     if len(duplicated):
         raise SpecError(f"{path}: point {duplicated.iloc[0]} appears more than once; rerun its sweep with --fresh")
-    if not ((points["status"] == "ok") & points["is_full"].astype(bool)).any():
+    if not ((points["status"] == "ok") & points["is_full"]).any():
         raise SpecError(f"{path}: no successful full-model point, which every saving divides by; rerun its sweep")
     return points
 
 
+# What readers of a per-sample file use (bootstrap intervals, exit histograms, risk control).
+SAMPLE_COLUMNS = ["point_id", "sample_index", "enc_img_layers", "enc_txt_layers", "dec_layers", "layers_used",
+                  "flops", "correct", "cider", "consistency"]
+
+
+def checked_samples(samples: pd.DataFrame, path: Path, points: pd.DataFrame) -> pd.DataFrame:
+    """A per-sample table fit to analyse with its points: the columns readers use, typed, and the same samples,
+    each once, for every successful point."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples]
+    if missing:
+        raise SpecError(f"{path}: not a mue-bench per-sample file of this version (no {', '.join(missing[:5])} "
+                        "columns); rerun its sweep")
+    _finite_numbers(samples, ["sample_index", "enc_img_layers", "enc_txt_layers", "layers_used"], path, whole=True)
+    _finite_numbers(samples, ["flops", "correct", "cider", "consistency"], path)
+    if not samples["dec_layers"].map(_whole_numbers).all():
+        raise SpecError(f"{path}: column dec_layers holds values that are not lists of layer counts; rerun its sweep")
+    if not samples["point_id"].map(lambda v: isinstance(v, str)).all():
+        raise SpecError(f"{path}: column point_id holds values that are not text; rerun its sweep")
+    ok = points.loc[points["status"] == "ok", "point_id"]
+    per_point = samples.groupby("point_id")["sample_index"]
+    if samples.duplicated(["point_id", "sample_index"]).any():
+        raise SpecError(f"{path}: a sample appears more than once for one point; rerun its sweep with --fresh")
+    lacking = [pid for pid in ok if pid not in per_point.groups]
+    if lacking:
+        raise SpecError(f"{path}: no samples of point {lacking[0]}, which {path.name.removesuffix('.samples.parquet')}"
+                        ".parquet lists; rerun its sweep")
+    indexes = {pid: frozenset(per_point.get_group(pid)) for pid in ok}
+    if len(set(indexes.values())) > 1:
+        raise SpecError(f"{path}: its points cover different samples; rerun its sweep with --fresh")
+    return samples
+
+
+def _whole_numbers(value: object) -> bool:
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 1 and bool(np.isfinite(array).all()) and bool((array == np.round(array)).all())
+
+
 def load_results(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Points and per-sample rows of one sweep, checked (see checked_points)."""
+    """Points and per-sample rows of one sweep, checked (see checked_points and checked_samples)."""
     points = checked_points(read_table(path), path)
-    return points, read_table(samples_path_for(path))
+    samples = samples_path_for(path)
+    return points, checked_samples(read_table(samples), samples, points)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -74,6 +76,14 @@ def _looks_like_path(text: str) -> bool:
 def parse_checkpoint(family: str, text: str) -> Checkpoint:
     """The one reading of a checkpoint string: a built-in name (mue-tiny), a local folder, a hub id
     ("org/name", transformers families only) or "random:<shape>" (random weights, transformers families)."""
+    try:
+        return _parse_checkpoint(family, text)
+    except (OSError, RuntimeError) as e:  # a name too long for a path, ~nosuchuser, a folder we may not read
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"{_short(repr(text))} cannot be read as a folder ({reason})") from None
+
+
+def _parse_checkpoint(family: str, text: str) -> Checkpoint:
     if text.startswith("random:"):
         shape = text.removeprefix("random:")
         shapes = RANDOM_SHAPES.get(family)
@@ -199,8 +209,10 @@ class Range(_Strict):
             raise ValueError(f"step must be > 0 (got {self.step:g})")
         if self.stop < self.start:
             raise ValueError(f"stop {self.stop:g} is below start {self.start:g}")
-        if self.count() > MAX_RANGE_VALUES:
-            raise ValueError(f"{self.count()} thresholds from start to stop at step {self.step:g}; at most "
+        steps = (self.stop - self.start) / self.step  # inf for ranges like -1e308..1e308 or a step of 5e-324
+        if not (math.isfinite(steps) and round(steps) + 1 <= MAX_RANGE_VALUES):
+            many = f"{round(steps) + 1}" if math.isfinite(steps) else "too many"
+            raise ValueError(f"{many} thresholds from start to stop at step {self.step:g}; at most "
                              f"{MAX_RANGE_VALUES} (is the step a typo?)")
         return self
 
@@ -236,8 +248,9 @@ class GridSpec(_Strict):
     parity: bool = False
     # Benchmarking mode: exit after exactly these layer counts [img, txt, dec], ignoring similarity.
     fixed_exit: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = []
-    # A grid larger than this is refused as a likely typo; raise it here for a grid you mean.
-    max_points: int = Field(default=5000, ge=1)
+    # A grid larger than this is refused as a likely typo; raise it here for a grid you mean (up to a million:
+    # one more would take weeks at a second a point, and its listing alone minutes).
+    max_points: int = Field(default=5000, ge=1, le=1_000_000)
 
     @field_validator("tau_img", "tau_txt", "tau_dec")
     @classmethod
@@ -283,13 +296,17 @@ class GridSpec(_Strict):
         return self
 
 
+# More runs of every batch than this would never finish: a typo.
+MAX_REPEATS = 10_000
+
+
 class TimingSpec(_Strict):
-    warmup: int = Field(default=1, ge=0)
+    warmup: int = Field(default=1, ge=0, le=MAX_REPEATS)
     # Timed runs of each batch per point; each is paired with a full-model run of the same batch, back to back
     # (scoring/paired.py), so a point's time saving never compares two different states of the machine.
-    repeats: int = Field(default=1, ge=1)
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS)
     # The full model's own row (its wall_s and latencies) is timed max(repeats, reference_repeats) times.
-    reference_repeats: int = Field(default=3, ge=1)
+    reference_repeats: int = Field(default=3, ge=1, le=MAX_REPEATS)
     # Time only the first `batches` batches of every point (run in full, as deployed, and paired); evaluate the
     # other samples with grid reuse (mue/grid_reuse.py): encoder outputs shared across decoder settings,
     # generations shared by samples that reach the same exits, and a point whose exit decisions a stored run
@@ -298,10 +315,10 @@ class TimingSpec(_Strict):
 
 
 class RunSpec(_Strict):
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=1_000_000)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)  # torch.manual_seed takes 64-bit seeds
     # Where the grid runs: "local", this process; "ray", worker actors on a Ray cluster (run/ray_executor.py),
     # each with the model loaded once. Neither changes the results, so neither is part of a spec's identity.
     executor: Literal["local", "ray"] = "local"
@@ -442,16 +459,38 @@ class SweepSpec(_Strict):
         return self.results_path().with_name(f"{self.name}.samples.parquet")
 
 
-def describe_validation_error(err: ValidationError, source: str) -> str:
-    # Of a union's errors (a threshold list or a range), the most specific: not a wrong-type one, deepest first.
+def _short(text: str, limit: int = 80) -> str:
+    """A value quoted in a one-line message, cut where it would drown the line."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _location(e: dict) -> str:
+    """The dotted field path of one pydantic error. Union tags ("Range", "list[float]") and list indexes are
+    left out; an unknown key is the user's own and always named, quoted if it is not a plain word."""
+    parts = list(e["loc"])
+    unknown = str(parts.pop()) if e["type"] == "extra_forbidden" and parts else None
+    kept = [str(p) for p in parts if (not isinstance(p, int) or len(e["loc"]) == 1)
+            and not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+    if unknown is not None:
+        kept.append(unknown if re.fullmatch(r"[A-Za-z0-9_-]+", unknown) else _short(json.dumps(unknown)))
+    return ".".join(kept)
+
+
+def validation_problem(err: ValidationError) -> tuple[str, str]:
+    """The field and the one-line message of the error to show: of a union's errors (a threshold list or a
+    range), the most specific, not a wrong-type one, deepest first."""
     e = min(err.errors(), key=lambda x: (x["type"].endswith("_type"), -len(x["loc"])))
-    loc = ".".join(str(p) for p in e["loc"] if (not isinstance(p, int) or len(e["loc"]) == 1)
-                   and not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown field"
-    return f"{source}: {loc or 'spec'}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in (
-        "extra_forbidden", "missing") and not isinstance(e.get("input"), dict) else "")
+    elif e["type"] != "missing" and not isinstance(e.get("input"), dict):
+        msg += f" (got {_short(repr(e['input']))})"
+    return _location(e), msg
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    loc, msg = validation_problem(err)
+    return f"{source}: {loc or 'spec'}: {msg}"
 
 
 def load_spec(path: Path) -> SweepSpec:
@@ -463,8 +502,9 @@ def load_spec(path: Path) -> SweepSpec:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: not UTF-8 text (byte {e.start}); save the spec as UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, an integer of thousands of digits, deep nesting
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0]
+        raise SpecError(f"{path}: not valid TOML ({_short(reason, 120)})") from None
     raw.setdefault("name", path.stem)
     try:
         return SweepSpec.model_validate(raw)

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from mue_bench.data.loaders import LABEL_WORDS, Sample
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import BatchResult, SampleExits
 from mue_bench.mue.search import DecodingConfig
-from mue_bench.run.prepare import batched, load_samples
+from mue_bench.run.prepare import load_samples, prepare_batches
 
 LAYERS = 6
 WORDS = sorted(set(LABEL_WORDS.values()))
@@ -23,10 +25,18 @@ def exit_layer(tau: float) -> int:
     return LAYERS if tau > 1 else max(1, min(LAYERS, round(tau * LAYERS)))
 
 
+class FakeBatch(list):
+    """A batch of samples, as the fake engine prepares them; moving it to a device changes nothing."""
+
+    def to(self, device) -> FakeBatch:
+        return self
+
+
 @dataclass
 class FakeEngine:
     """Exits at `exit_layer` of each threshold (or at a fixed exit); a sample whose two encoder streams use at
-    least LAYERS layers together answers its own label, any other answers "no". Points in `fail` raise."""
+    least LAYERS layers together answers its own label, any other answers "no". Points in `fail` raise; a batch
+    larger than `max_batch` runs out of memory."""
 
     fail: set[str] = field(default_factory=set)
     runs: list[tuple[str, bool]] = field(default_factory=list)  # (point id, inside a timed region), in order
@@ -35,9 +45,10 @@ class FakeEngine:
     delay_s: float = 0.0  # each run takes this long (a sweep slow enough to interrupt from outside)
     depth: tuple[int, int] = (LAYERS, LAYERS)
     decoding: DecodingConfig = DecodingConfig(1, 2, 0)
+    max_batch: int | None = None
 
-    def prepare(self, samples: list[Sample]) -> list[Sample]:
-        return samples
+    def prepare(self, samples: list[Sample]) -> FakeBatch:
+        return FakeBatch(samples)
 
     def text(self, tokens: list[int]) -> str:
         return WORDS[tokens[0]]
@@ -45,6 +56,8 @@ class FakeEngine:
     def run(self, batch: list[Sample], cfg: ExitConfig) -> tuple[list[Sample], ExitConfig]:
         if cfg.point_id in self.fail:
             raise RuntimeError("CUDA out of memory (fake)")
+        if self.max_batch is not None and len(batch) > self.max_batch:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake): a batch of {len(batch)}")
         self.runs.append((cfg.point_id, self.timing))
         time.sleep(self.delay_s)
         return batch, cfg
@@ -103,6 +116,7 @@ def fake_loader(engine: FakeEngine):
 
     def load(spec, device):
         samples = load_samples(spec.data)
-        return engine, samples, [engine.prepare(chunk) for chunk in batched(samples, spec.run.batch_size)]
+        engine.decoding = DecodingConfig(1, 2, 0, num_beams=spec.decoding.num_beams, max_len=spec.decoding.max_len)
+        return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
 
     return load

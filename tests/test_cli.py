@@ -44,14 +44,24 @@ def test_eval_with_a_bad_option_is_one_line(shapes_root, random_checkpoint):
     result = runner.invoke(app, ["eval", "--checkpoint", str(random_checkpoint), "--data-root", str(shapes_root),
                                  "--kv-fill", "smear"])
     assert result.exit_code == 2
-    assert "kv_fill" in result.output and "Traceback" not in result.output
+    assert "--kv-fill: " in result.output and "Traceback" not in result.output
+
+
+def test_eval_names_the_option_not_the_spec_field_it_fills(shapes_root, random_checkpoint):
+    for option, value in (("--img", "5"), ("--txt", "nan"), ("--dec", "-3"), ("--num-beams", "0"), ("--task", "x"),
+                          ("--encoder-mode", "x"), ("--dec-schedule", "x"), ("--data-version", "7")):
+        result = runner.invoke(app, ["eval", "--checkpoint", str(random_checkpoint), "--data-root", str(shapes_root),
+                                     option, value])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: {option}: ") and "grid." not in lines[0], lines[0]
 
 
 def test_missing_checkpoint_is_named_before_any_work(shapes_root, tmp_path):
     result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope"), "--data-root", str(shapes_root),
                                  "--limit", "1"])
     assert result.exit_code == 2
-    assert "model.checkpoint" in result.output and "nope" in result.output
+    assert "--checkpoint" in result.output and "nope" in result.output
 
 
 def _swept(tmp_path, shapes_root, random_checkpoint, split="test", name="t"):
@@ -68,18 +78,42 @@ def test_pick_json_names_the_largest_saving_within_budget(tmp_path, shapes_root,
     import pandas as pd
 
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    result = runner.invoke(app, ["pick", str(results), "--budget", "0", "--json"])
+    result = runner.invoke(app, ["pick", str(results), "--budget", "0.5", "--json"])
     assert result.exit_code == 0, result.output
     chosen = json.loads(result.output)["chosen"]
     points = pd.read_parquet(results)
-    assert chosen["layer_savings"] == points["layer_savings"].max()
+    assert chosen["layer_savings"] == points.loc[points["quality_rel"] >= 0.5, "layer_savings"].max()
     assert chosen["layer_savings_lo"] <= chosen["layer_savings"] <= chosen["layer_savings_hi"]
 
 
-def test_pick_exits_1_when_no_point_meets_the_budget(tmp_path, shapes_root, random_checkpoint):
+def test_a_budget_outside_0_to_1_is_a_bad_option(tmp_path, shapes_root, random_checkpoint):
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    result = runner.invoke(app, ["pick", str(results), "--budget", "5"])
-    assert result.exit_code == 1 and "no point keeps quality_rel ≥ 5" in result.output
+    for command in (["pick", str(results)], ["plot", str(results), "--out", str(tmp_path / "plots")],
+                    ["check", str(results), "--baseline", str(results)]):
+        for budget in ("-1", "0", "2", "nan"):
+            result = runner.invoke(app, [*command, "--budget", budget])
+            lines = [ln for ln in result.output.splitlines() if ln.strip()]
+            assert result.exit_code == 2 and len(lines) == 1, result.output
+            assert f"--budget {budget}: a budget is a fraction of the full model's quality" in lines[0]
+    assert not (tmp_path / "plots").exists()
+
+
+def test_pick_exits_1_when_no_point_meets_the_budget(tmp_path, shapes_root, random_checkpoint):
+    # Any budget in (0, 1] is met by the full model itself, unless its quality is 0 and no quality_rel exists.
+    import pandas as pd
+
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    points = pd.read_parquet(results)
+    points.assign(quality_full=0.0, quality_rel=float("nan")).to_parquet(results)
+    result = runner.invoke(app, ["pick", str(results), "--budget", "0.99"])
+    assert result.exit_code == 1 and "no point keeps quality_rel ≥ 0.99" in result.output
+
+
+def test_a_risk_pick_that_certifies_nothing_exits_1(tmp_path, shapes_root, random_checkpoint):
+    # 4 calibration samples cannot show a risk below 1% at 95% confidence, not even for the full model
+    results = _swept(tmp_path, shapes_root, random_checkpoint)
+    result = runner.invoke(app, ["pick", str(results), "--risk", "0.01", "--calibration-split", "test"])
+    assert result.exit_code == 1 and "no point passes: keep the full model" in result.output
 
 
 def test_risk_controlled_pick_calibrates_on_one_split_and_verifies_on_another(tmp_path, shapes_root,
@@ -114,16 +148,16 @@ def test_check_passes_on_identical_results_and_fails_on_doctored_quality(tmp_pat
     import pandas as pd
 
     results = _swept(tmp_path, shapes_root, random_checkpoint)
-    same = runner.invoke(app, ["check", str(results), "--baseline", str(results), "--budget", "0"])
+    same = runner.invoke(app, ["check", str(results), "--baseline", str(results), "--budget", "0.5"])
     assert same.exit_code == 0, same.output
     assert "passed" in same.output
     points = pd.read_parquet(results)
-    chosen = json_pick(results, 0)
+    chosen = json_pick(results, 0.5)
     doctored = points.copy()
     doctored.loc[doctored["point_id"] == chosen, "quality_rel"] = -1.0
     path = tmp_path / "doctored.parquet"
     doctored.to_parquet(path)
-    bad = runner.invoke(app, ["check", str(path), "--baseline", str(results), "--budget", "0",
+    bad = runner.invoke(app, ["check", str(path), "--baseline", str(results), "--budget", "0.5",
                               "--report", str(tmp_path / "summary.md")])
     assert bad.exit_code == 1
     assert "| quality_rel |" in bad.output and "**FAIL**" in bad.output and "-1.0000" in bad.output

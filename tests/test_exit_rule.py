@@ -9,6 +9,7 @@ import torch
 from mue_bench.mue import ExitConfig, run_batch
 from mue_bench.mue.config import decoder_threshold
 from mue_bench.mue.encoder import StreamExit
+from mue_bench.mue.search import DecodingConfig
 from mue_bench.mue.similarity import group_similarity, stream_similarity
 from tests.conftest import padded_batch, random_tiny
 
@@ -53,6 +54,24 @@ def test_official_schedule_waits_a_third_then_decays_towards_0_9_tau():
     assert decoder_threshold(0.8, 6, 16, "official") == pytest.approx(0.9 * 0.8 + 0.1 * math.exp(-7 / 17))
     assert decoder_threshold(0.8, 0, 16, "constant") == 0.8
     assert decoder_threshold(1.2, 15, 16, "constant") == math.inf
+
+
+@pytest.mark.parametrize(("max_len", "waits"), [(9, 3), (21, 7), (17, 6)])
+def test_official_schedule_counts_in_the_generators_max_len(monkeypatch, max_len, waits):
+    """The authors' generator runs `for step in range(max_len + 1)` with max_len = max_len_b, so their
+    max_len is a DecodingConfig's minus one: 8 tokens then EOS wait 3 steps ((8 + 1) / 3), 20 wait 7 and
+    16 wait 6 (17 / 3 rounded up), and the decay divides by max_len_b + 1."""
+    import mue_bench.mue.decoder as decoder
+
+    seen = []
+    monkeypatch.setattr(decoder, "decoder_threshold",
+                        lambda tau, step, m, schedule: seen.append(m) or decoder_threshold(tau, step, m, schedule))
+    adapter = random_tiny()
+    decoding = DecodingConfig(1, 2, 0, max_len=max_len, ignore_eos=True)
+    [s] = run_batch(adapter, padded_batch().select([0]), ExitConfig(tau_dec=-1.0, dec_schedule="official"),
+                    decoding).samples
+    assert set(seen) == {max_len - 1}
+    assert s.dec_layers == [adapter.n_dec_layers] * waits + [1] * (max_len - waits)
 
 
 @pytest.mark.parametrize("mode", ["split", "freeze"])

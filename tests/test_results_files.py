@@ -86,3 +86,23 @@ def test_a_misspelt_field_fails_where_the_row_is_made():
         PointRow(point_id="p", reference_id="p", status="ok", is_full=True, tau_img=2.0, tau_txt=2.0, tau_dec=2.0,
                  encoder_mode="split", kv_fill="copy", dec_schedule="constant", exit_scope="sample",
                  head_every_layer=False, qualty=1.0)
+@pytest.mark.parametrize("damage", ["float60", "no pandas_type"])
+def test_a_results_file_with_damaged_pandas_metadata_is_bad_input(damage, swept, tmp_path):
+    # what a flipped byte in the JSON that names each column's dtype does (the fuzz suite found both)
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(swept)
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    for column in meta["columns"]:
+        if damage == "float60":
+            column.update(numpy_type="float60", pandas_type="float60")
+        else:
+            column.pop("pandas_type")
+    path = tmp_path / "r.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()}),
+                   path)
+    result = runner.invoke(app, ["pick", str(path)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "not a readable parquet file" in lines[0], result.output

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mue_bench.analysis.pareto import dominated_area
-from mue_bench.analysis.pick import pick
+from mue_bench.analysis.pick import check_budget, pick
 from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.results import checked_points, read_table
 
@@ -80,11 +80,17 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, budget: float = 0.99,
 def check_files(current: Path, baseline: Path, budget: float = 0.99, savings_tolerance: float = 0.02,
                 area_tolerance: float = 0.02, report: Path | None = None) -> CheckReport:
     """`compare` on two results files; with `report`, the markdown is also appended there."""
+    check_budget(budget)
     if report is not None and not report.parent.is_dir():
         raise SpecError(f"--report {report}: folder {report.parent} does not exist")
+    if report is not None and report.is_dir():
+        raise SpecError(f"--report {report} is a folder; give a file to append the report to")
     tables = [checked_points(read_table(p), p, CHECK_COLUMNS) for p in (current, baseline)]
     result = compare(*tables, budget, savings_tolerance, area_tolerance)
     if report is not None:
-        with open(report, "a") as f:
-            f.write(result.markdown())
+        try:
+            with open(report, "a") as f:
+                f.write(result.markdown())
+        except OSError as e:
+            raise MueBenchError(f"--report {report}: cannot append the report ({e.strerror or e})") from None
     return result

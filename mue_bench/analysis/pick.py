@@ -16,6 +16,15 @@ from mue_bench.results import load_results
 OBJECTIVES = {"layer": "layer_savings", "flop": "flop_savings", "time": "time_savings"}
 
 
+def check_budget(budget: float) -> float:
+    """A quality budget is a fraction of the full model's quality: above 1 nothing but luck meets it, at 0 or
+    below every point does, so either is a mistyped option rather than a question worth answering."""
+    if not 0 < budget <= 1:
+        raise SpecError(f"--budget {budget:g}: a budget is a fraction of the full model's quality, in (0, 1] "
+                        "(e.g. 0.99 keeps 99%)")
+    return budget
+
+
 def pick(df: pd.DataFrame, budget: float, objective: str = "layer_savings") -> pd.Series | None:
     """The point with the largest saving whose quality_rel ≥ budget; None if there is none.
 
@@ -77,11 +86,11 @@ def budget_pick(path: Path, budget: float, objective: str = "layer", top: int = 
 def pick_files(paths: list[Path], budget: float, objective: str = "layer", top: int = 5, risk: float | None = None,
                confidence: float = 0.95, calibration_split: str = "val", verify: str | None = None):
     """`mue-bench pick`: a budget pick on one results file, or with `risk` a Learn-then-Test pick calibrated
-    on the file of `calibration_split` (and verified on the file of `verify`)."""
+    on the file of `calibration_split` (and verified on the file of `verify`), which has no budget."""
     from mue_bench.analysis.risk import risk_pick
 
     if risk is not None:
         return risk_pick(paths, risk, confidence, calibration_split, verify)
     if len(paths) != 1:
         raise SpecError("give one results file (several only with --risk)")
-    return budget_pick(paths[0], budget, objective, top)
+    return budget_pick(paths[0], check_budget(budget), objective, top)

@@ -13,7 +13,10 @@ Thresholds are written as `format_tau` writes them ("off" above 1), the same spe
 
 from __future__ import annotations
 
+import errno
 import html
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -30,10 +33,17 @@ from matplotlib.transforms import Bbox  # noqa: E402
 
 from mue_bench.analysis.bootstrap import bootstrap_intervals  # noqa: E402
 from mue_bench.analysis.pareto import pareto_front  # noqa: E402
-from mue_bench.analysis.pick import OBJECTIVES, pick  # noqa: E402
-from mue_bench.errors import SpecError  # noqa: E402
+from mue_bench.analysis.pick import OBJECTIVES, check_budget, pick  # noqa: E402
+from mue_bench.errors import MueBenchError, SpecError  # noqa: E402
 from mue_bench.mue.config import ExitConfig, format_tau  # noqa: E402
-from mue_bench.results import POINTS_SCHEMA, checked_points, read_table, samples_path_for  # noqa: E402
+from mue_bench.results import (  # noqa: E402
+    POINTS_SCHEMA,
+    checked_points,
+    checked_samples,
+    existing_ancestor,
+    read_table,
+    samples_path_for,
+)
 
 AXIS = {
     "layer": ("layer_savings", "layer savings (% of layer executions skipped)"),
@@ -59,7 +69,8 @@ def load_for_plot(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     points = points.reindex(columns=list(points.columns) + missing)
     if "reference_id" in missing:
         points["reference_id"] = [ExitConfig(encoder_mode=m).reference_id for m in points["encoder_mode"]]
-    return points, read_table(samples_path_for(path))
+    samples = samples_path_for(path)
+    return points, checked_samples(read_table(samples), samples, points)
 
 
 def thresholds_in_words(row: pd.Series) -> str:
@@ -462,9 +473,28 @@ def all_figures(results: list[tuple[pd.DataFrame, pd.DataFrame]], out: Path, x: 
 
 def plot_files(results: list[Path], out: Path, x: str = "layer", y: str = "quality_rel",
                budget: float = 0.99) -> list[Path]:
-    """Every figure of the results files (the trade-off figure overlays them all); the paths written."""
+    """Every figure of the results files (the trade-off figure overlays them all); the paths written. The
+    figures are drawn into a scratch folder beside `out` and moved in together, so a failure leaves none."""
     if x not in OBJECTIVES:
         raise SpecError(f"--saving must be one of {', '.join(OBJECTIVES)} (got {x!r})")
     if y not in ("quality_rel", "quality"):
         raise SpecError(f"--y must be quality_rel or quality (got {y!r})")
-    return all_figures([load_for_plot(p) for p in results], out, x, y, budget)
+    check_budget(budget)
+    loaded = [load_for_plot(p) for p in results]
+    base = existing_ancestor(out)
+    if not base.is_dir():
+        raise SpecError(f"--out {out}: {base} is a file; give a folder")
+    try:
+        with tempfile.TemporaryDirectory(prefix=".plots-", dir=base) as scratch:
+            drawn = all_figures(loaded, Path(scratch), x, y, budget)
+            out.mkdir(parents=True, exist_ok=True)
+            for p in drawn:
+                os.replace(p, out / p.name)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise MueBenchError(f"no space left on device writing the figures to {out}; free space or choose "
+                                "another --out") from None
+        if isinstance(e, PermissionError):
+            raise SpecError(f"--out {out}: not writable ({e.strerror}); give a folder you can write to") from None
+        raise
+    return [out / p.name for p in drawn]

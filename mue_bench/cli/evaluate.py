@@ -38,10 +38,9 @@ def evaluate(
 
     request = EvalRequest(task, img, txt, dec, checkpoint, split, kv_fill, encoder_mode, dec_schedule, num_beams,
                           data_root, data_version, limit, device)
-    if limit is None and not quiet:
-        render.note(f"eval: every sample of the {split} split (500 on shapes); --limit N for fewer")
     with handled(), render.progress(verbosity(quiet, False)) as hooks:
         outcome = run_eval(request, hooks)
     if as_json:
         return render.eval_json(outcome.points)
-    render.eval_table(outcome.points, f"{checkpoint} on shapes {task} ({split})")
+    whole = ", every sample of the split: --limit N for fewer" if limit is None else ""
+    render.eval_table(outcome.points, f"{checkpoint} on shapes {task} ({split}{whole})")

@@ -22,13 +22,16 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Progress as one line per point, also in a "
                                                                   "terminal, with a line as each point starts.")]
 SavingOpt = Annotated[str, typer.Option("--saving", help="Which saving: layer, flop or time.")]
+BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep: a fraction of the full model's quality "
+                                                "in (0, 1], e.g. 0.99.")]
 
 
 def verbosity(quiet: bool, verbose: bool) -> int:
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="--quiet / --verbose")
     return -1 if quiet else int(verbose)
-BudgetOpt = Annotated[float, typer.Option(help="Least quality_rel to keep, e.g. 0.99.")]
+
+
 ResultsArg = Annotated[list[Path], typer.Argument(help="Results file(s) (results/<name>.parquet).")]
 
 
@@ -40,7 +43,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     except MueBenchError as e:
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # never markup
+        # The message is the user's text (a key, a path, a value): never markup, and one line whatever it holds.
+        message = escape(" ".join(str(e).splitlines()))
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted: finished points are saved; rerun the same command to resume")

@@ -51,11 +51,6 @@ def line(text: str) -> None:
     console.print(text, highlight=False, markup=False)
 
 
-def note(text: str) -> None:
-    """A remark for the person at the terminal, on stderr so that stdout stays data."""
-    err_console.print(text, highlight=False, markup=False, soft_wrap=True)
-
-
 def pct_ci(x: object, lo: object, hi: object) -> str:
     """A percentage with its interval, "44.8% [40.1, 49.0]"; the bare value where there is no interval."""
     if x is None or pd.isna(x) or lo is None or hi is None or pd.isna(lo) or pd.isna(hi):

@@ -31,7 +31,8 @@ class Sample:
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise SpecError(f"dataset file not found: {path}")
+        raise SpecError(f"dataset file {path} is a folder; give the annotations file" if path.is_dir()
+                        else f"dataset file not found: {path}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -61,7 +62,8 @@ def load_karpathy(annotations: Path, image_root: Path, split: str) -> list[Sampl
 def _jsonl_rows(jsonl: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for each non-blank line; a bad line is named by file and line."""
     if not jsonl.is_file():
-        raise SpecError(f"dataset file not found: {jsonl}")
+        raise SpecError(f"dataset file {jsonl} is a folder; give the annotations file" if jsonl.is_dir()
+                        else f"dataset file not found: {jsonl}")
     with open(jsonl) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -112,7 +114,8 @@ def check_images(samples: list[Sample]) -> None:
 
     for s in samples:
         if not s.image.is_file():
-            raise SpecError(f"image not found: {s.image} (sample {s.sample_id})")
+            raise SpecError(f"image {s.image} is a folder, not an image (sample {s.sample_id})" if s.image.is_dir()
+                            else f"image not found: {s.image} (sample {s.sample_id})")
         try:
             with Image.open(s.image) as im:
                 im.verify()

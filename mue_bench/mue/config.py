@@ -84,6 +84,8 @@ def decoder_threshold(tau: float, step: int, max_len: int, schedule: DecSchedule
 
     `official` is the authors' sequence_generator.py: no exit in the first third of max_len, then a
     threshold that starts a little above 0.9·τ and decays towards it. τ > 1 never exits either way.
+    `max_len` is their generator's: int(max_len_a · src_len + max_len_b), the steps before the one that may
+    only emit EOS (a DecodingConfig's max_len minus one).
     """
     if tau > 1:
         return math.inf

@@ -50,7 +50,9 @@ class MuEStepper:
         fixed = self.cfg.fixed_exit
         if fixed is not None:
             return torch.full_like(sim, layer >= fixed[2], dtype=torch.bool)
-        thr = decoder_threshold(self.cfg.tau_dec, self.step_index, self.max_len, self.cfg.dec_schedule)
+        # The authors' schedule counts in their generator's max_len (max_len_b: the tokens before the EOS-only
+        # step); ours counts that step too.
+        thr = decoder_threshold(self.cfg.tau_dec, self.step_index, self.max_len - 1, self.cfg.dec_schedule)
         return sim > thr
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:

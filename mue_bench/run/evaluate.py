@@ -10,7 +10,15 @@ from pydantic import ValidationError
 
 from mue_bench.errors import SpecError
 from mue_bench.run.runner import Progress, SweepOptions, SweepOutcome, run_sweep
-from mue_bench.spec import SweepSpec, describe_validation_error
+from mue_bench.spec import SweepSpec, validation_problem
+
+# The `mue-bench eval` option behind each spec field it sets.
+OPTIONS = {"data.task": "--task", "grid.tau_img": "--img", "grid.tau_txt": "--txt", "grid.tau_dec": "--dec",
+           "model.checkpoint": "--checkpoint", "data.split": "--split", "grid.kv_fill": "--kv-fill",
+           "grid.encoder_mode": "--encoder-mode", "grid.dec_schedule": "--dec-schedule",
+           "decoding.num_beams": "--num-beams",
+           "data.root": "--data-root", "data.version": "--data-version", "data.limit": "--limit",
+           "run.device": "--device"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class EvalRequest:
     device: str | None = None
 
     def spec(self, out_dir: str) -> SweepSpec:
-        """The one-point spec; a bad option is named by its spec field ("options: grid.kv_fill: ...")."""
+        """The one-point spec; a bad option is named as the user typed it ("--kv-fill: ...")."""
         r = self
         raw = {
             "name": "eval", "model": {"checkpoint": r.checkpoint},
@@ -45,7 +53,12 @@ class EvalRequest:
         try:
             return SweepSpec.model_validate(raw)
         except ValidationError as e:
-            raise SpecError(describe_validation_error(e, "options")) from None
+            loc, msg = validation_problem(e)
+            option = OPTIONS.get(loc)
+            if option is None:  # a field eval sets itself: a bug, named by the spec field it sits in
+                raise SpecError(f"options: {loc}: {msg}") from None
+            # eval puts each threshold and setting in a one-element list; the user typed the bare value
+            raise SpecError(f"{option}: {msg.replace('(got [', '(got ').replace('])', ')')}") from None
 
 
 def evaluate(request: EvalRequest, progress: Progress | None = None) -> SweepOutcome:

@@ -59,7 +59,11 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     if spec.decoding.answers:
         decoding = replace(decoding, answers=tuple(adapter.answer_ids(a) for a in spec.decoding.answers))
     engine = Engine(adapter, decoding)
-    batches = [engine.prepare(chunk).to(device) for chunk in batched(samples, spec.run.batch_size)]
-    return engine, samples, batches
+    return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
+
+
+def prepare_batches(engine: Engine, samples: list[Sample], size: int, device: torch.device) -> list[Any]:
+    """The samples in pre-processed batches of `size`, on the device (again at a smaller size after an OOM)."""
+    return [engine.prepare(chunk).to(device) for chunk in batched(samples, size)]
 
 

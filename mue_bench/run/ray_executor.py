@@ -66,7 +66,7 @@ class SweepActor:
             device = resolve_device("cuda" if self.gpu else "cpu")
             engine, samples, batches = (self.load or prepare_inputs)(self.spec, device)
             self.origin = Origin.of(device)
-            self.worker = PointWorker(self.spec, engine, batches, DeviceTimer(device), self.origin)
+            self.worker = PointWorker(self.spec, engine, batches, DeviceTimer(device), self.origin, samples, device)
             self.model = Model(samples, engine.native_encoder_mode, engine.depth, engine.decoding)
         assert self.model is not None
         return self.model

@@ -8,7 +8,9 @@ point's per-sample rows are written as soon as it finishes, so an interrupted sw
 in flight. Scoring happens once at the end for all points (one Java process for tokenizing, one for METEOR).
 The runner drives an `Engine` and a `Timer` it is given, so tests run it on a fake model and a scripted
 clock. Who runs the points is its executor's business (run/executor.py: this process, or Ray workers, each
-point on one device); the store, resume and scoring are the runner's alike for both.
+point on one device); the store, resume and scoring are the runner's alike for both. A point that runs out of
+memory is retried at half the batch size (down to 1) by the worker that ran it, which keeps the smaller size;
+batch invariance makes its results those of a sweep run at that size.
 """
 
 from __future__ import annotations
@@ -25,8 +27,17 @@ from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.grid_reuse import GridReuse
-from mue_bench.results import POINTS_SCHEMA, SAMPLES_SCHEMA, SampleRow, SweepStore, conform, sample_frame
-from mue_bench.run.executor import Executor, Model, executor_for, units_of
+from mue_bench.results import (
+    POINTS_SCHEMA,
+    SAMPLES_SCHEMA,
+    SampleRow,
+    SweepStore,
+    check_free_space,
+    conform,
+    results_bytes,
+    sample_frame,
+)
+from mue_bench.run.executor import Executor, Model, executor_for, first_line, is_out_of_memory, units_of
 from mue_bench.run.prepare import Loader
 from mue_bench.run.provenance import provenance
 from mue_bench.run.timing import Origin, Timer
@@ -209,6 +220,9 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
     with SweepStore(spec.results_path(), spec.samples_path(), spec.context_hash(), fresh=options.fresh) as store:
         try:
             model = executor.start()
+            check_free_space(spec.results_path().parent,
+                             results_bytes(len(configs), len(model.samples), model.decoding.max_len, model.depth),
+                             f"{len(configs)} grid points x {len(model.samples)} samples")
             store.open()
             outcome = _run_points(spec, options, progress, executor, model, configs, store)
         finally:
@@ -219,8 +233,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None, progress: Pr
         if done:
             raw = pd.concat([done[pid] for pid in configs if pid in done], ignore_index=True)
             raw["sample_id"] = raw["sample_index"].map(lambda i: samples[i].sample_id)
-            scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
-            points = with_origins(summarise(scored, configs, spec.data.task, corpus), scored)
+            try:
+                scored, corpus = score(raw, samples, configs, spec.data.task, meteor=options.meteor)
+                points = with_origins(summarise(scored, configs, spec.data.task, corpus), scored)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise MueBenchError(f"out of memory while scoring ({first_line(e)}); every point is saved, so "
+                                    "a rerun with more memory free only scores") from None
         else:  # every point failed: the results hold their failure records only
             scored, points = pd.DataFrame(columns=SAMPLES_SCHEMA.names), pd.DataFrame(columns=["point_id"])
         failures = store.failures()
@@ -259,12 +279,14 @@ def _run_points(spec: SweepSpec, options: SweepOptions, progress: Progress, exec
     units = units_of([c for pid, c in configs.items() if pid not in done])
     for result in executor.run(units, progress):
         pid = result.point_id
+        for warning in result.warnings:
+            progress.warn(warning)
         outcome.layer_executions += result.executions
         outcome.reference_s += result.reference_s
         if result.error is not None:  # one failing point does not lose the grid, if asked
             e = result.error
             if not options.continue_on_error:
-                raise MueBenchError(f"grid point {pid} failed: {type(e).__name__}: {e} (finished points are "
+                raise MueBenchError(f"grid point {pid} failed: {first_line(e)} (finished points are "
                                     "saved; --continue-on-error records failures and goes on)") from e
             store.save_failure(pid, e)
             outcome.failed.append(pid)
