@@ -29,6 +29,13 @@ from mue_bench.mue.config import ExitConfig, decoder_threshold
 from mue_bench.mue.similarity import batch_similarity, group_similarity
 
 
+def step_threshold(cfg: ExitConfig, step: int, max_len: int) -> float:
+    """The decoder threshold at generation step `step` of a search of `max_len` steps (inf: no exit there).
+    The authors' schedule counts in their generator's max_len (max_len_b: the tokens before the EOS-only step);
+    ours counts that step too."""
+    return decoder_threshold(cfg.tau_dec, step, max_len - 1, cfg.dec_schedule)
+
+
 class MuEStepper:
     def __init__(self, adapter: ExitAdapter, enc_out: torch.Tensor, enc_mask: torch.Tensor, cfg: ExitConfig,
                  beams: int, max_len: int):
@@ -50,10 +57,7 @@ class MuEStepper:
         fixed = self.cfg.fixed_exit
         if fixed is not None:
             return torch.full_like(sim, layer >= fixed[2], dtype=torch.bool)
-        # The authors' schedule counts in their generator's max_len (max_len_b: the tokens before the EOS-only
-        # step); ours counts that step too.
-        thr = decoder_threshold(self.cfg.tau_dec, self.step_index, self.max_len - 1, self.cfg.dec_schedule)
-        return sim > thr
+        return sim > step_threshold(self.cfg, self.step_index, self.max_len)
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         adapter, n_layers = self.adapter, self.adapter.n_dec_layers

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from mue_bench.mue.adapter import ExitAdapter, Streams
-from mue_bench.mue.config import ExitConfig, decoder_threshold
+from mue_bench.mue.config import ExitConfig
+from mue_bench.mue.decoder import step_threshold
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Decoded, decode, decoded_rows, encode, sample_exits
 from mue_bench.mue.search import DecodingConfig
@@ -112,8 +113,7 @@ class DecoderCertificate:
     def admits(self, cfg: ExitConfig, max_len: int) -> bool:
         """Whether every decision falls the same way under cfg's tau_dec and schedule, compared as the engine does
         (a float32 similarity against the threshold cast to float32)."""
-        thr = np.array([decoder_threshold(cfg.tau_dec, t, max_len, cfg.dec_schedule) for t in range(len(self.went_on))],
-                       np.float64).astype(np.float32)
+        thr = np.array([step_threshold(cfg, t, max_len) for t in range(len(self.went_on))]).astype(np.float32)
         with np.errstate(invalid="ignore"):
             if np.any(self.went_on > thr):
                 return False
@@ -242,7 +242,6 @@ class GridReuse:
     def _store(self, key: tuple, rows: list[Decoded], cfg: ExitConfig) -> None:
         n_layers = self.adapter.n_dec_layers
         skipped = any(0 < u < n_layers for d in rows for u in d.layers)
-        thresholds = [decoder_threshold(cfg.tau_dec, t, self.decoding.max_len, cfg.dec_schedule)
-                      for t in range(max(len(d.layers) for d in rows))]
+        thresholds = [step_threshold(cfg, t, self.decoding.max_len) for t in range(max(len(d.layers) for d in rows))]
         certificate = DecoderCertificate.of(rows, n_layers, cfg.head_every_layer, thresholds)
         self._stored.setdefault(key, []).append(_Stored(rows, cfg.kv_fill if skipped else None, certificate))
