@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean bench-gpu gpu-wheels
+.PHONY: demo test test-fast lint install clean bench-gpu gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/mue-bench sweep sweeps/demo.toml
 
+# The whole suite, with the 15 slowest tests listed at the end.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
+
+# A quick subset while editing: everything but training, Ray, the fuzz suite, the GPU suite's dry run and the
+# transformers adapters (the slowest files); `make test` before committing.
+SLOW_TESTS := test_train test_finetune test_ofa_finetune test_ray test_fuzz test_gpu_suite test_hf_adapters \
+	test_hf_checkpoints test_shipped_model
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest tests -q $(foreach t,$(SLOW_TESTS),--ignore=tests/$(t).py)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check mue_bench tests benchmarks studies

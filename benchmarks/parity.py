@@ -76,13 +76,15 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--ofa", default="tiny", help="OFA size for the OFA-shaped rows ('' to skip them)")
+    p.add_argument("--skip-tiny", action="store_true", help="only the OFA-shaped rows")
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     # mue-tiny at the demo's two picked triples (99% and 95% of full CIDEr-D with clean MuE)
     tiny = updated(load_spec(Path("sweeps/demo.toml")),
                    grid={"tau_img": [0.99], "tau_txt": [-1.0], "tau_dec": [0.9, -1.0]}, timing={"warmup": 1})
-    show(f"mue-tiny, shapes test captions (n={args.limit})",
-         [r for b in batches for r in run(tiny, args.limit, b, ofa=False)])
+    if not args.skip_tiny:
+        show(f"mue-tiny, shapes test captions (n={args.limit})",
+             [r for b in batches for r in run(tiny, args.limit, b, ofa=False)])
     if args.ofa:
         ofa = updated(tiny, model={"family": "ofa", "checkpoint": f"random:{args.ofa}"})
         # Random weights: thresholds at the median of the full model's own similarities, so that streams and
