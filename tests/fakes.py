@@ -46,6 +46,7 @@ class FakeEngine:
     depth: tuple[int, int] = (LAYERS, LAYERS)
     decoding: DecodingConfig = DecodingConfig(1, 2, 0)
     max_batch: int | None = None
+    fail_message: str = "CUDA out of memory (fake)"  # what a point in `fail` raises (an OOM unless told)
 
     def prepare(self, samples: list[Sample]) -> FakeBatch:
         return FakeBatch(samples)
@@ -55,7 +56,7 @@ class FakeEngine:
 
     def run(self, batch: list[Sample], cfg: ExitConfig) -> tuple[list[Sample], ExitConfig]:
         if cfg.point_id in self.fail:
-            raise RuntimeError("CUDA out of memory (fake)")
+            raise RuntimeError(self.fail_message)
         if self.max_batch is not None and len(batch) > self.max_batch:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake): a batch of {len(batch)}")
         self.runs.append((cfg.point_id, self.timing))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,8 @@ TIMING = ["latency_s", "wall_s", "wall_full_s", "time_savings", "time_savings_lo
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    with pytest.warns(FutureWarning):  # Ray's note on accelerator variables, about a later release
+    with warnings.catch_warnings():  # some Ray versions warn of a later release's accelerator variables
+        warnings.simplefilter("ignore", FutureWarning)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
@@ -114,11 +116,11 @@ def test_an_interrupted_ray_sweep_resumes_computing_only_the_missing_points_and_
     failing = min(p for p in missing if not p.startswith("full"))
     warnings = []
     resumed = run_sweep(spec, SweepOptions(continue_on_error=True, meteor=False), Progress(warn=warnings.append),
-                        load=fake_loader(FakeEngine(fail={failing})))
+                        load=fake_loader(FakeEngine(fail={failing}, fail_message="deterministic failure (fake)")))
     assert sorted(resumed.reused) == sorted(done) and not warnings
     assert sorted(resumed.computed) == sorted(missing - {failing}) and resumed.failed == [failing]
     points = pd.read_parquet(spec.results_path()).set_index("point_id")
-    assert len(points) == 5 and "CUDA out of memory" in points.loc[failing, "error"]
+    assert len(points) == 5 and "deterministic failure" in points.loc[failing, "error"]
 
 
 def test_a_worker_killed_mid_sweep_loses_no_point_and_duplicates_none(tmp_path, shapes_root, random_checkpoint):
