@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray")
 
 TIMING = ["latency_s", "wall_s", "wall_full_s", "time_savings", "time_savings_lo", "time_savings_hi", "n_pairs",
           "realization", "realization_lo", "realization_hi", "latency_p50_s", "latency_p90_s", "timing_warning",
-          "pair_s", "pair_ref_s", "pair_ref_first", "pair_at", "run_id", "created_at", "git_rev"]
+          "pair_s", "pair_ref_s", "pair_ref_first", "pair_at", "run_id", "created_at", "git_rev",
+          "device_name", "host"]  # where it ran: a Ray worker has its own thread count, so its own device name
 
 
 @pytest.fixture(scope="module", autouse=True)
