@@ -260,7 +260,14 @@ def _zero_embedding(n: int, d: int) -> nn.Embedding:
 
 class _Positions(nn.Module):
     """What encoder and decoder share: a text position table with its LayerNorm, an image one, per-layer
-    relative-position tables (one if shared), and TUPE's projection of positions into a bias."""
+    relative-position tables (one if shared), and TUPE's projection of positions into a bias; and the shared
+    token embedding with its scale."""
+
+    def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens
 
     def _init_positions(self, cfg: OFAConfig, n_layers: int, heads: int) -> None:
         d = cfg.d_model
@@ -322,11 +329,8 @@ class EncoderPositions:
 
 class OFAEncoder(_Positions):
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
-        super().__init__()
+        super().__init__(cfg, embed_tokens)
         d = cfg.d_model
-        self.cfg = cfg
-        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if cfg.add_type_embedding else None  # 0 text, 1 image
         self.embed_images = ResNet(RESNET_BLOCKS[cfg.resnet_type])
         self.image_proj = nn.Linear(1024, d)
@@ -432,11 +436,8 @@ class DecoderPositions:
 
 class OFADecoder(_Positions):
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
-        super().__init__()
+        super().__init__(cfg, embed_tokens)
         d = cfg.d_model
-        self.cfg = cfg
-        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens
         self.layers = nn.ModuleList(OFADecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.layernorm_embedding = nn.LayerNorm(d) if cfg.layernorm_embedding else None
         # Image-code generation (OFA's text-to-image task) only; kept so that checkpoints load as they are.
