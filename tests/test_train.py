@@ -283,3 +283,18 @@ def test_a_config_naming_no_data_folder_keeps_each_version_in_its_own():
     assert TrainConfig().data_root == f"data/shapes-v{shapes.DEFAULT_VERSION}"
     assert TrainConfig(data_version=2).data_root == "data/shapes-v2"
     assert TrainConfig(data_root="mine", data_version=2).data_root == "mine"
+
+
+def test_a_stage_chooses_the_architecture_by_the_models_own_fields_types_and_defaults():
+    import dataclasses
+
+    from mue_bench.models.tiny.model import ARCHITECTURE, TinyConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TinyConfig)}
+    assert TrainConfig().architecture() == {name: defaults[name] for name in ARCHITECTURE}
+    chosen = TrainConfig(d_model=32, n_heads=2, encoder_attention="joint", stem_channels=8, image_positions="sincos")
+    assert TinyConfig(vocab_size=10, **chosen.architecture()) == TinyConfig(
+        vocab_size=10, d_model=32, n_heads=2, encoder_attention="joint", stem_channels=8, image_positions="sincos")
+    for bad in ({"encoder_attention": "cross"}, {"stem_channels": -1}, {"image_positions": "grid"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad)

@@ -7,24 +7,38 @@ later one continues from the weights the one before it left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, create_model, model_validator
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, load_karpathy, load_snli_ve
 from mue_bench.models.tiny.inputs import collate, load_pixels, pad, prompt
-from mue_bench.models.tiny.model import TinyConfig, TinyOFA
+from mue_bench.models.tiny.model import ARCHITECTURE, TinyConfig, TinyOFA
 from mue_bench.models.tiny.tokenizer import WordTokenizer
 from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
 
 
-class TrainConfig(BaseModel):
+def _architecture_fields() -> dict:
+    """TinyConfig's recipe-chosen fields, with its types and defaults: the model owns its architecture."""
+    hints = typing.get_type_hints(TinyConfig, include_extras=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(TinyConfig)}
+    return {name: (hints[name], defaults[name]) for name in ARCHITECTURE}
+
+
+_Architecture = create_model("_Architecture", __config__=ConfigDict(extra="forbid"), **_architecture_fields())
+
+
+class TrainConfig(_Architecture):
+    """One training stage of the built-in model: its architecture (TinyConfig's fields) and how it is trained."""
+
     model_config = ConfigDict(extra="forbid")
 
     data_root: str = ""  # "" (none named): shapes.default_root(data_version)
@@ -38,14 +52,6 @@ class TrainConfig(BaseModel):
     warmup: int = 100
     weight_decay: float = 0.01
     loss: Literal["layerwise", "final"] = "layerwise"
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 256
-    enc_layers: int = 6
-    dec_layers: int = 6
-    encoder_attention: Literal["split", "joint"] = "split"
-    stem_channels: int = Field(0, ge=0)  # see TinyConfig.stem_channels
-    image_positions: Literal["learned", "sincos"] = "learned"  # see TinyConfig.image_positions
     threads: int = 2
     entailment_fraction: float = 0.5
     # "token": cross-entropy averaged over all target tokens (captions dominate: ~10 tokens vs 1 label);
@@ -74,6 +80,9 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
         return load_config_file(cls, path)
+
+    def architecture(self) -> dict:
+        return {name: getattr(self, name) for name in ARCHITECTURE}
 
 
 def encoder_exits(rng: np.random.Generator, batch: int, layers: int, fraction: float,
@@ -110,10 +119,7 @@ def _new_model(cfg: TrainConfig, samples: list[Sample]) -> tuple[TinyOFA, WordTo
     captions = [s for s in samples if s.task == "caption"]
     texts = [prompt(s) for s in samples] + [r for s in captions for r in s.references] + ["yes no maybe"]
     tok = WordTokenizer.build(texts)
-    model_cfg = TinyConfig(vocab_size=len(tok), d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
-                           enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
-                           encoder_attention=cfg.encoder_attention, stem_channels=cfg.stem_channels,
-                           image_positions=cfg.image_positions)
+    model_cfg = TinyConfig(vocab_size=len(tok), **cfg.architecture())
     torch.manual_seed(cfg.seed)
     model = TinyOFA(model_cfg)
     with torch.no_grad():

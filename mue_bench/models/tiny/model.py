@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mue_bench.errors import SpecError
 from mue_bench.mue.search import DecodingConfig, RecomputeStepper, generate
+
+# The fields a training recipe chooses; the others follow from the data (vocabulary) or are fixed.
+ARCHITECTURE = ("d_model", "n_heads", "d_ff", "enc_layers", "dec_layers", "encoder_attention", "stem_channels",
+                "image_positions")
 
 
 @dataclass
@@ -34,14 +40,14 @@ class TinyConfig:
     image_size: int = 48
     patch_size: int = 8
     max_positions: int = 64
-    encoder_attention: str = "split"  # "split" | "joint"
+    encoder_attention: Literal["split", "joint"] = "split"
     # Channels of a small convolutional stem before patchifying (0: none, patches embedded linearly). OFA
     # embeds images with ResNet stages, not a single linear map; a stem lets one token see shape edges.
-    stem_channels: int = 0
+    stem_channels: Annotated[int, Field(ge=0)] = 0
     # "sincos": fixed 2-D sine/cosine features of each patch's (row, column) are added under the learned
     # table. A learned table starts as noise with no notion of left or right and, trained on shapes, stays
     # ~18x smaller than patch contents (studies/NOTEBOOK.md); captions then order shapes at chance.
-    image_positions: str = "learned"  # "learned" | "sincos"
+    image_positions: Literal["learned", "sincos"] = "learned"
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
