@@ -35,6 +35,26 @@ def test_help_is_plain_text_with_no_type_noise():
         assert "<bool>" not in out and "╭" not in out, out
 
 
+@pytest.mark.parametrize(("args", "names"), [
+    (["sweep", "--bogus"], ["mue-bench sweep", "--bogus", "mue-bench sweep --help"]),
+    (["pick"], ["mue-bench pick", "results"]),
+    (["sweep", "--limit", "0"], ["--limit", "greater than or equal to 1"]),
+    (["nosuch"], ["mue-bench", "nosuch"]),
+    (["sweep", "--quiet", "--verbose"], ["--quiet", "--verbose"]),
+])
+def test_a_usage_error_is_one_line_naming_the_command_and_option_exit_2(args, names):
+    result = runner.invoke(app, args, prog_name="mue-bench")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for name in names:
+        assert name in lines[0]
+
+
+def test_a_bare_command_line_still_shows_the_help():
+    assert "Commands:" in runner.invoke(app, []).output
+
+
 def test_sweep_json_carries_the_summary(entailment_spec):
     result = runner.invoke(app, ["sweep", str(entailment_spec), "--json"], obj=_fake())
     assert result.exit_code == 0, result.output

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from mue_bench.cli import calibrate, check, convert, evaluate, pick, plot, sweep, train
+from mue_bench.cli.options import OneLineUsage
 
 # Plain help (no rich markup): "[model]" in a help text stays text, and flags show no "<bool>" type.
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Sweep, measure and pick MuE early-exit thresholds for encoder-decoder VLMs.")
 
 
