@@ -103,10 +103,10 @@ def snli_ve_item(hypothesis: str, caption: str, vocab: int, add_caption: bool = 
                  prompt_type: str = "prev_output") -> tuple[str, list[int], list[int]]:
     """snli_ve_dataset.py __getitem__ lines 150-171: (source text, src_item, decoder_prompt)."""
     hypothesis = pre_caption(hypothesis, MAX_SRC_LENGTH)
-    text = ' does the image describe " {} "?'.format(hypothesis)
+    text = ' does the image describe " {} "?'.format(hypothesis)  # noqa: UP032 (the fork's line)
     if add_caption:
         caption = pre_caption(caption, MAX_SRC_LENGTH)
-        text = ' can image and text1 " {} " imply text2 " {} "?'.format(caption, hypothesis)
+        text = ' can image and text1 " {} " imply text2 " {} "?'.format(caption, hypothesis)  # noqa: UP032
     src_item = [BOS, *stand_in_bpe(text, vocab), EOS]
     decoder_prompt = {"none": [BOS], "src": src_item, "prev_output": src_item[:-1]}[prompt_type]
     return text, src_item, decoder_prompt
@@ -247,7 +247,7 @@ def record(name: str, spec: dict, out_root: str, show_sims: bool) -> None:
     vocab, n_layers = spec["ofa"]["vocab_size"], spec["ofa"]["decoder_layers"]
     images = rg.normalise(rg.make_images(max(r[1] for r in ROWS) + 1, spec["image_size"], spec["seed"] + 17))
     prompts = OrderedDict()
-    for uid, img, hyp, cap, label in ROWS:
+    for uid, _, hyp, cap, _ in ROWS:
         prompts[uid] = snli_ve_item(hyp, cap, vocab)
     longs = OrderedDict((uid, snli_ve_item(hyp, cap, vocab)) for uid, hyp, cap, _ in LONG)
     with torch.no_grad():
