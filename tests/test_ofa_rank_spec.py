@@ -133,3 +133,35 @@ def test_rank_families_are_the_adapters_with_a_full_sequence_decoder():
     adapters = {"ofa": OFAAdapter, "mue-tiny": TinyAdapter, "florence2": Florence2Adapter,
                 "t5gemma2": T5Gemma2Adapter}
     assert {f for f, a in adapters.items() if a.full_sequence} == set(RANK_FAMILIES)
+
+
+def test_grid_reuse_of_untimed_batches_gives_what_running_them_gives(tmp_path, shapes_root, bpe_dir):  # noqa: F811
+    """timing.batches: the untimed batches come from RankReuse (the encoder kept across decoder settings)."""
+    folder = _folder(tmp_path / "ofa-tok", bpe_dir)
+    annotations = _snli_with_premises(tmp_path, shapes_root)
+    path = _spec(tmp_path, annotations, shapes_root / "images", folder,
+                 'add_caption = true\nprompt_type = "prev_output"')
+    full = run_sweep(load_spec(path), SweepOptions(meteor=False)).samples
+    path.write_text(path.read_text().replace("warmup = 0", "warmup = 0\nbatches = 1")
+                    .replace(str(tmp_path / "results"), str(tmp_path / "results-reuse")))
+    reused = run_sweep(load_spec(path), SweepOptions(meteor=False)).samples
+    cols = ["point_id", "sample_index", "prediction", "enc_img_layers", "enc_txt_layers", "layers_used", "flops"]
+    key = ["point_id", "sample_index"]
+    a, b = (f[cols].sort_values(key).reset_index(drop=True) for f in (full, reused))
+    assert a.equals(b) and reused["latency_s"].isna().any()
+
+
+def test_generation_grid_reuse_decodes_a_kept_encoding_after_a_batch_of_another_width(tmp_path, shapes_root,
+                                                                                       bpe_dir):  # noqa: F811
+    """A kept encoder result is decoded with the position biases of its own width, not of the batch embedded last
+    (before the OFA adapter kept every width's, this raised)."""
+    folder = _folder(tmp_path / "ofa-tok", bpe_dir)
+    path = _spec(tmp_path, _snli_with_premises(tmp_path, shapes_root), shapes_root / "images", folder, "",
+                 "max_len = 3")
+    full = run_sweep(load_spec(path), SweepOptions(meteor=False)).samples
+    path.write_text(path.read_text().replace("warmup = 0", "warmup = 0\nbatches = 1")
+                    .replace(str(tmp_path / "results"), str(tmp_path / "results-reuse")))
+    reused = run_sweep(load_spec(path), SweepOptions(meteor=False)).samples
+    key = ["point_id", "sample_index"]
+    a, b = (f[[*key, "prediction", "layers_used"]].sort_values(key).reset_index(drop=True) for f in (full, reused))
+    assert a.equals(b)

@@ -45,7 +45,6 @@ from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.cost import encoder_flops, ranking_flops
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Engine, SampleExits, encode
-from mue_bench.mue.grid_reuse import encoder_setting
 from mue_bench.mue.search import DecodingConfig
 from mue_bench.mue.similarity import batch_similarity, stream_similarity
 
@@ -195,10 +194,9 @@ class RankRaw:
     result: PassResult
 
 
-def run_rank(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig,
-             encoded: tuple[Streams, EncoderResult] | None = None) -> RankRaw:
-    """Encoder with exits (or `encoded`, its result for this batch and setting), then the ranking pass."""
-    streams, enc = encoded or encode(adapter, batch, cfg)
+def run_rank(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> RankRaw:
+    """Encoder with exits, then the ranking pass."""
+    streams, enc = encode(adapter, batch, cfg)
     cand = candidates(adapter.decoder_prompts(batch), decoding.answers, adapter.pad_id, enc.out.device)
     return RankRaw(batch, streams, enc, cand, rank_pass(adapter, enc.out, enc.mask, cand, cfg))
 
@@ -249,14 +247,12 @@ class RankEngine(Engine):
 
 
 class RankReuse:
-    """Grid reuse for ranking passes (the runner's `timing.batches`): a batch's encoder result is kept while the
-    grid runs points of its encoder setting, so points that differ in the decoder setting only share it; the
-    pass itself is one forward and is run for every point."""
+    """What the runner's grid reuse (`timing.batches`) gets in rank mode: every untimed batch run in full, with no
+    latency. Nothing is shared yet (GridReuse's encoder sharing would carry over: points that differ in their
+    decoder setting only could keep a batch's encoder result); the pass itself is one forward."""
 
     def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig):
         self.adapter, self.decoding = adapter, decoding
-        self._setting: object = None
-        self._encoded: dict[int, tuple[Streams, EncoderResult]] = {}
         self._executions = 0
 
     def take_executions(self) -> int:
@@ -264,12 +260,6 @@ class RankReuse:
         return n
 
     def evaluate(self, batch_index: int, first_sample: int, batch: Any, cfg: ExitConfig) -> BatchResult:
-        if encoder_setting(cfg) != self._setting:
-            self._setting, self._encoded = encoder_setting(cfg), {}
-        encoded = self._encoded.get(batch_index)
-        if encoded is None:
-            encoded = self._encoded[batch_index] = encode(self.adapter, batch, cfg)
-            self._executions += int((encoded[1].img_layers + encoded[1].txt_layers).sum())
-        result = collect_rank(self.adapter, run_rank(self.adapter, batch, cfg, self.decoding, encoded), cfg)
-        self._executions += sum(sum(s.dec_layers) for s in result.samples)
+        result = collect_rank(self.adapter, run_rank(self.adapter, batch, cfg, self.decoding), cfg)
+        self._executions += sum(s.layers_used for s in result.samples)
         return result

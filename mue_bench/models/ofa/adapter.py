@@ -114,6 +114,8 @@ class OFAAdapter(ExitAdapter):
         # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model, vocab=cfg.vocab_size)
         self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
+        # every width's, for a decoder run on a kept encoder result after other batches were embedded (grid reuse)
+        self._positions_by_width: dict[int, EncoderPositions] = {}
         self._step = 0  # the decoding step decoder_embed saw last: the position of this step's token
         # False: the image stream without its relative position bias (the authors' code; spec grid.parity)
         self.image_rel_bias = True
@@ -287,6 +289,7 @@ class OFAAdapter(ExitAdapter):
         enc = self.model.encoder
         image, grid = enc.embed_image(self._pixels(batch))
         self._positions = enc.positions(grid, batch.ids.shape[1])
+        self._positions_by_width[self._positions.n_img + self._positions.n_txt] = self._positions
         return Streams(image, enc.embed_text(batch.ids, batch.mask), batch.mask)
 
     def _encoder_positions(self, n: int, stream: str) -> EncoderPositions:
@@ -307,8 +310,14 @@ class OFAAdapter(ExitAdapter):
         norm = self.model.encoder.layer_norm
         return h if norm is None else norm(h)
 
+    def _joint_positions(self, n: int) -> EncoderPositions:
+        """The positions of an encoder output n wide: the last batch's, or an earlier batch's of that width
+        (position biases depend on the width only)."""
+        pos = self._positions_by_width.get(n)
+        return pos if pos is not None else self._encoder_positions(n, "joint")
+
     def decoder_cache(self, enc_out: torch.Tensor) -> OFACache:
-        pos = self._encoder_positions(enc_out.shape[1], "joint")
+        pos = self._joint_positions(enc_out.shape[1])
         dec = self.model.decoder
         return OFACache(self.n_dec_layers, lambda layer: dec.layers[layer].cross_kv(enc_out),
                         DecoderPositions(dec, pos.src_pos))
@@ -343,7 +352,7 @@ class OFAAdapter(ExitAdapter):
 
     # --- full-sequence decoder (rank.py) ------------------------------------------------------------------
     def sequence_context(self, enc_out: torch.Tensor, enc_mask: torch.Tensor, n_positions: int) -> OFASequence:
-        pos = self._encoder_positions(enc_out.shape[1], "joint")
+        pos = self._joint_positions(enc_out.shape[1])
         cross_bias, self_biases = self.model.decoder.full_biases(n_positions, pos.src_pos)
         return OFASequence(self_biases, cross_bias, enc_out, enc_mask, {})
 
