@@ -128,6 +128,14 @@ class ModelSpec(_Strict):
     # OFA only. False: the image stream without its relative position bias, as the authors' MuE encoder runs
     # it (set by grid.parity).
     image_rel_bias: bool = True
+    # OFA only: SNLI-VE's source as OFA's task builds it with --add-caption, the premise (the image's Flickr30k
+    # caption) before the hypothesis: ' can image and text1 " <premise> " imply text2 " <hypothesis> "?'
+    # (snli_ve_dataset.py:157). The MuE SNLI-VE run uses it; the data must carry the premise.
+    add_caption: bool = False
+    # OFA only: what the decoder reads before the answer (snli_ve_dataset.py:160-171): "none" <s>, "src" the whole
+    # source, "prev_output" the source without its </s> (the MuE SNLI-VE run). Other than "none" it needs
+    # decoding.mode = "rank", where the answer is scored after it.
+    prompt_type: Literal["none", "src", "prev_output"] = "none"
 
     @field_validator("checkpoint")
     @classmethod
@@ -183,6 +191,20 @@ class DecodingSpec(_Strict):
     # the rest of the checkpoint's generation_config.json (forced BOS/EOS, min length, length penalty, early
     # stopping) from it, refusing settings the engine cannot reproduce; "ignore" decodes with defaults.
     generation_config: Literal["checkpoint", "ignore"] = "checkpoint"
+    # "generate": search (greedy or beam; with answers, restricted to them token by token). "rank": every answer
+    # scored by one teacher-forced decoder pass over [decoder prompt; answer], the best wins, as OFA evaluates
+    # SNLI-VE (utils/eval_utils.py eval_snli_ve); the decoder's exit is decided once per layer over that pass
+    # (mue/rank.py). No search, so num_beams, max_len, no_repeat_ngram and ignore_eos do not apply.
+    mode: Literal["generate", "rank"] = "generate"
+
+    @model_validator(mode="after")
+    def _rank_has_no_search(self) -> DecodingSpec:
+        if self.mode != "rank":
+            return self
+        if self.num_beams != 1 or self.no_repeat_ngram or self.ignore_eos:
+            bad = "num_beams" if self.num_beams != 1 else "no_repeat_ngram" if self.no_repeat_ngram else "ignore_eos"
+            raise ValueError(f"mode \"rank\" scores every answer in one pass, with no search; remove {bad}")
+        return self
 
     @field_validator("answers")
     @classmethod
@@ -338,6 +360,9 @@ class OutputSpec(_Strict):
 
 # SNLI-VE's candidates in OFA's label order (tasks/mm_tasks/snli_ve.py:28).
 OFA_ANSWERS = ("no", "yes", "maybe")
+# The families whose adapter has the full-sequence decoder call a ranking pass needs (`ExitAdapter.full_sequence`;
+# tests/test_rank.py checks the two agree): decoding.mode = "rank" is refused for the others when the spec loads.
+RANK_FAMILIES = ("ofa",)
 
 
 class SweepSpec(_Strict):
@@ -384,10 +409,46 @@ class SweepSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _ofa_prompt_settings(self) -> SweepSpec:
+        m = self.model
+        for name, default in (("add_caption", False), ("prompt_type", "none")):
+            if getattr(m, name) != default and m.family != "ofa":
+                raise ValueError(f"model.{name} is an OFA setting (its SNLI-VE task's); remove it for {m.family}")
+        if m.add_caption and self.data.task != "entailment":
+            raise ValueError("model.add_caption puts SNLI-VE's premise in the prompt; it needs data.task = "
+                             "\"entailment\"")
+        if m.prompt_type != "none" and self.decoding.mode != "rank":
+            raise ValueError(f"model.prompt_type \"{m.prompt_type}\" feeds the source to the decoder before the "
+                             "answer, which only a ranking pass scores; set decoding.mode = \"rank\"")
+        return self
+
+    @model_validator(mode="after")
+    def _rank_fits(self) -> SweepSpec:
+        """A ranking pass needs answers, a family with a full-sequence decoder call, and one cache fill and one
+        schedule: it has no cache and no steps, so each of those would only rename the same computation."""
+        if self.decoding.mode != "rank":
+            return self
+        if self.model.family not in RANK_FAMILIES:
+            raise ValueError(f"decoding.mode \"rank\": the {self.model.family} adapter has no full-sequence decoder "
+                             f"call (families with one: {', '.join(RANK_FAMILIES)}); use mode = \"generate\"")
+        if not self.decoding.answers:
+            raise ValueError("decoding.mode \"rank\" scores the answers in decoding.answers, which is empty; list "
+                             "them, e.g. [\"no\", \"yes\", \"maybe\"]")
+        if self.data.task == "caption":
+            raise ValueError("decoding.mode \"rank\" picks one of a closed set of answers; data.task \"caption\" "
+                             "generates text (use mode = \"generate\")")
+        for key in ("kv_fill", "dec_schedule"):
+            values = getattr(self.grid, key)
+            if len(values) > 1:
+                raise ValueError(f"grid.{key} {values}: a ranking pass (decoding.mode \"rank\") has no cache and no "
+                                 f"steps, so every {key} computes the same; list one")
+        return self
+
+    @model_validator(mode="after")
     def _kv_fill_none_fits(self) -> SweepSpec:
         """`kv_fill = "none"` leaves a skipped layer one entry short: every row of a layer must skip together,
-        and the model's cache must hold a different length per layer."""
-        if "none" not in self.grid.kv_fill:
+        and the model's cache must hold a different length per layer. A ranking pass has no cache."""
+        if "none" not in self.grid.kv_fill or self.decoding.mode == "rank":
             return self
         if self.model.family in ("florence2", "t5gemma2"):
             raise ValueError(f"grid.kv_fill \"none\": the {self.model.family} cache (transformers') keeps one "

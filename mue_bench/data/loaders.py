@@ -25,6 +25,9 @@ class Sample:
     task: str  # "caption" | "entailment"
     references: tuple[str, ...] = field(default=())
     hypothesis: str = ""
+    # SNLI-VE's premise: the Flickr30k caption of the image (the JSONL release's sentence1, OFA's TSV `caption`
+    # column), which OFA's --add-caption prompt puts before the hypothesis; "" where the data has none.
+    premise: str = ""
     label: str = ""  # the label word, for entailment
     prompt: str = ""  # set by the generic JSONL: overrides the model family's own prompt
 
@@ -75,13 +78,15 @@ def _jsonl_rows(jsonl: Path) -> Iterator[tuple[int, object]]:
 
 
 def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg") -> list[Sample]:
-    """SNLI-VE's JSONL release: Flickr30K_ID, sentence2 (hypothesis), gold_label, pairID."""
+    """SNLI-VE's JSONL release: Flickr30K_ID, sentence2 (hypothesis), gold_label, pairID, and sentence1 (the
+    premise, a caption of the image) where the file has it."""
     samples = []
     for lineno, row in _jsonl_rows(jsonl):
         try:
             samples.append(Sample(str(row.get("pairID", lineno)),
                                   image_root / image_pattern.format(id=row["Flickr30K_ID"]),
                                   "entailment", hypothesis=row["sentence2"].strip(),
+                                  premise=str(row.get("sentence1") or "").strip(),
                                   label=LABEL_WORDS[row["gold_label"]]))
         except (KeyError, TypeError, AttributeError) as e:
             raise SpecError(f"{jsonl}:{lineno}: missing or unknown value {e}") from None
@@ -90,7 +95,8 @@ def load_snli_ve(jsonl: Path, image_root: Path, image_pattern: str = "{id}.jpg")
 
 def load_jsonl(jsonl: Path, image_root: Path, task: str) -> list[Sample]:
     """Generic JSONL: {"image": path (relative to image_root), "prompt": optional text, and "references":
-    [captions] for captioning or "label": the word to generate for classification; "id" optional}."""
+    [captions] for captioning or "label": the word to generate for classification; "id", "hypothesis" and
+    "premise" optional}."""
     want = "references" if task == "caption" else "label"
     samples = []
     for lineno, row in _jsonl_rows(jsonl):
@@ -104,7 +110,8 @@ def load_jsonl(jsonl: Path, image_root: Path, task: str) -> list[Sample]:
             raise SpecError(f"{jsonl}:{lineno}: 'label' must be a non-empty string")
         samples.append(Sample(str(row.get("id", lineno)), image_root / str(row["image"]), task,
                               references=tuple(r.strip() for r in refs), label=str(label).strip(),
-                              hypothesis=str(row.get("hypothesis", "")), prompt=str(row.get("prompt", ""))))
+                              hypothesis=str(row.get("hypothesis", "")), premise=str(row.get("premise", "")).strip(),
+                              prompt=str(row.get("prompt", ""))))
     return samples
 
 

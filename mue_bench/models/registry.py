@@ -59,6 +59,7 @@ def load_adapter(spec: ModelSpec, device: torch.device, dtype: str, generation_c
 
         adapter = OFAAdapter.load(checkpoint)
         adapter.image_rel_bias = spec.image_rel_bias
+        adapter.add_caption, adapter.prompt_type = spec.add_caption, spec.prompt_type
     else:  # pragma: no cover - the spec's Literal already refuses other names
         raise MueBenchError(f"unknown model family {spec.family!r}")
     adapter.model.to(device=device, dtype=DTYPES[dtype])

@@ -48,6 +48,11 @@ class ExitAdapter(Protocol):
     # that `encoder_layer` works on any subset of rows given with their masks, and that `decoder_layer_rows`
     # is implemented.
     row_subsets: bool = False
+    # A ranking pass (decoding.mode = "rank", rank.py): one teacher-forced, causal, non-incremental decoder pass
+    # over [decoder prompt; answer] for every candidate answer. True promises `decoder_prompts`,
+    # `sequence_context`, `decoder_sequence_embed` and `decoder_sequence_layer`; the spec refuses "rank" for
+    # families that do not set it (spec.RANK_FAMILIES).
+    full_sequence: bool = False
 
     # --- inputs and outputs (the runner's side) ------------------------------------------------------
     def prepare(self, samples: list) -> Any:
@@ -116,8 +121,30 @@ class ExitAdapter(Protocol):
         ...
 
     def logprobs(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head + log-softmax on [R, D] -> [R, V]."""
+        """Final norm + LM head + log-softmax on [..., D] -> [..., V]."""
         ...
+
+    # --- full-sequence decoder (a ranking pass; required with `full_sequence`) -------------------------------
+    def decoder_prompts(self, batch: Any) -> list[list[int]]:
+        """Each sample's decoder prompt: the tokens the decoder reads before an answer, BOS first."""
+        return [[self.bos_id] for _ in range(len(batch.ids))]
+
+    def sequence_context(self, enc_out: torch.Tensor, enc_mask: torch.Tensor, n_positions: int) -> Any:
+        """What every layer call of one pass over `n_positions` decoder positions shares (position biases, the
+        encoder output [B, N, D] with its mask [B, N]): built once per pass, after the encoder ran on the batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no full-sequence decoder (full_sequence is False)")
+
+    def decoder_sequence_embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[R, T] token ids at positions 0..T-1 -> [R, T, D]."""
+        raise NotImplementedError(f"{type(self).__name__} has no full-sequence decoder (full_sequence is False)")
+
+    def decoder_sequence_layer(self, layer: int, h: torch.Tensor, context: Any, samples: torch.Tensor,
+                               key_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder layer `layer` over whole sequences h [R, T, D], causal (position t attends to 0..t), not
+        incremental: no cache is read or written. Row r belongs to batch sample `samples[r]` (its encoder output
+        in `context`); `key_mask` [R, T] is True on real tokens (padding is masked as keys). Rows are
+        independent: any subset of a pass's rows may be given."""
+        raise NotImplementedError(f"{type(self).__name__} has no full-sequence decoder (full_sequence is False)")
 
 
 def compacts(adapter: ExitAdapter) -> bool:

@@ -95,3 +95,20 @@ def counted_flops(run: Callable[[], object]) -> float:
     with torch.no_grad(), counter:
         run()
     return float(counter.get_total_flops())
+
+
+def ranking_flops(dims: LayerDims, lengths: Sequence[int], used: int, cross_len: int, extra_heads: int = 0,
+                  ) -> float:
+    """One sample's share of a ranking pass (rank.py): each candidate's sequence (`lengths` positions) through
+    `used` decoder layers, causal (position t attends over t + 1 positions, its own K/V projected once per
+    layer), the cross-attention K/V of those layers once (the candidates share the sample's encoder output), and
+    `extra_heads` LM-head calls of one position each. The same per-position terms as `decoder_flops` for a
+    generated token at that position."""
+    total = dims.kv_projection() * cross_len * used + extra_heads * dims.head()
+    for n in lengths:
+        for t in range(n):
+            if dims.dec_windows:
+                total += sum(dims.decoder_layer(dims.self_len(layer, t), cross_len) for layer in range(used))
+            else:
+                total += used * dims.decoder_layer(t + 1, cross_len)
+    return total

@@ -16,6 +16,7 @@ from mue_bench.data.loaders import Sample, check_images, load_jsonl, load_karpat
 from mue_bench.errors import SpecError
 from mue_bench.models.registry import load_adapter
 from mue_bench.mue.engine import Engine
+from mue_bench.mue.rank import RankEngine
 from mue_bench.spec import DataSpec, SweepSpec
 
 
@@ -51,6 +52,7 @@ Loader = Callable[[SweepSpec, torch.device], tuple[Engine, list[Sample], list[An
 def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[Sample], list[Any]]:
     """The spec's model as an engine, its samples, and their pre-processed batches on the device."""
     samples = load_samples(spec.data)
+    check_premises(spec, samples)
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype, spec.decoding.generation_config)
     # only what the spec sets: a transformers checkpoint's generation config provides the rest
@@ -58,8 +60,21 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
                                                                     "ignore_eos"}, exclude_unset=True))
     if spec.decoding.answers:
         decoding = replace(decoding, answers=tuple(adapter.answer_ids(a) for a in spec.decoding.answers))
-    engine = Engine(adapter, decoding)
+    engine = RankEngine(adapter, decoding) if spec.decoding.mode == "rank" else Engine(adapter, decoding)
     return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
+
+
+def check_premises(spec: SweepSpec, samples: list[Sample]) -> None:
+    """model.add_caption needs every sample's premise (a sample's own JSONL prompt replaces the task's): refused
+    before the model loads, naming the file."""
+    if not spec.model.add_caption:
+        return
+    missing = [s for s in samples if not s.premise and not s.prompt]
+    if missing:
+        source = spec.data.annotations or f"the {spec.data.dataset} data"
+        raise SpecError(f"model.add_caption: {len(missing)} of {len(samples)} samples of {source} have no premise "
+                        f"(first: {missing[0].sample_id}; SNLI-VE's sentence1, a JSONL 'premise'); use data that "
+                        "carries it, or remove add_caption")
 
 
 def prepare_batches(engine: Engine, samples: list[Sample], size: int, device: torch.device) -> list[Any]:

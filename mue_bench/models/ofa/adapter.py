@@ -26,6 +26,7 @@ from mue_bench.models.ofa.config import IMAGE_SIZES, OFAConfig, preset
 from mue_bench.models.ofa.inputs import (
     PATCH_IMAGE_SIZE,
     caption_text,
+    decoder_prompt,
     encode,
     entailment_text,
     pre_caption,
@@ -85,10 +86,25 @@ class OFACache(TensorKVCache):
         self.positions = positions
 
 
+@dataclass
+class OFASequence:
+    """One ranking pass's shared state (`OFAAdapter.sequence_context`): the decoder's position biases over the
+    pass's T positions (per layer the causal self bias [1, H, T, T], the cross bias [1, H, T, N]), the encoder
+    output per batch sample, and each layer's cross-attention K/V per sample, projected when the layer is first
+    reached (a sample's candidates share it)."""
+
+    self_biases: list[torch.Tensor]
+    cross_bias: torch.Tensor
+    enc_out: torch.Tensor  # [B, N, D]
+    enc_mask: torch.Tensor  # [B, N]
+    cross: dict[int, KV]
+
+
 class OFAAdapter(ExitAdapter):
     family = "ofa"
     native_encoder_mode = "freeze"
     row_subsets = True  # position biases are batch-independent and masks per row: layers are pure in their rows
+    full_sequence = True  # a ranking pass: the teacher-forced decoder of OFAModel.decoder_states, layer by layer
 
     def __init__(self, model: OFAModel, tokenizer=None):
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -98,9 +114,14 @@ class OFAAdapter(ExitAdapter):
         # The cost model has one FFN width; every released size has encoder_ffn_dim == decoder_ffn_dim.
         self.dims = LayerDims(cfg.d_model, cfg.encoder_ffn_dim, cfg.d_model, vocab=cfg.vocab_size)
         self._positions: EncoderPositions | None = None  # of the batch embed_streams saw last
+        # every width's, for a decoder run on a kept encoder result after other batches were embedded (grid reuse)
+        self._positions_by_width: dict[int, EncoderPositions] = {}
         self._step = 0  # the decoding step decoder_embed saw last: the position of this step's token
         # False: the image stream without its relative position bias (the authors' code; spec grid.parity)
         self.image_rel_bias = True
+        # SNLI-VE as the task's --add-caption and --prompt-type build it (spec model.add_caption, prompt_type)
+        self.add_caption = False
+        self.prompt_type = "none"
         self._input_flops: dict[tuple, float] = {}
 
     # --- loading ------------------------------------------------------------------------------------
@@ -202,8 +223,20 @@ class OFAAdapter(ExitAdapter):
         return collate(images, [self._source(s) for s in samples], self.pad_id)
 
     def _source(self, sample: Sample) -> list[int]:
-        text = sample.prompt or (caption_text() if sample.task == "caption" else entailment_text(sample.hypothesis))
-        return [self.bos_id, *self._words(text), self.eos_id]
+        return [self.bos_id, *self._words(sample.prompt or self._task_text(sample)), self.eos_id]
+
+    def _task_text(self, sample: Sample) -> str:
+        if sample.task == "caption":
+            return caption_text()
+        if self.add_caption and not sample.premise:
+            raise SpecError(f"model.add_caption: sample {sample.sample_id} has no premise (SNLI-VE's sentence1); "
+                            "use data that carries it, or remove add_caption")
+        return entailment_text(sample.hypothesis, sample.premise if self.add_caption else None)
+
+    def decoder_prompts(self, batch: OFABatch) -> list[list[int]]:
+        """Each sample's source as the task turns it into the decoder prompt (`prompt_type`, inputs.py)."""
+        lengths = batch.mask.sum(1).tolist()
+        return [decoder_prompt(row[:n], self.prompt_type) for row, n in zip(batch.ids.tolist(), lengths)]
 
     def _words(self, text: str) -> list[int]:
         """BPE ids of `text`; without a tokenizer (random weights) each word an id by hash, clear of the specials."""
@@ -256,6 +289,7 @@ class OFAAdapter(ExitAdapter):
         enc = self.model.encoder
         image, grid = enc.embed_image(self._pixels(batch))
         self._positions = enc.positions(grid, batch.ids.shape[1])
+        self._positions_by_width[self._positions.n_img + self._positions.n_txt] = self._positions
         return Streams(image, enc.embed_text(batch.ids, batch.mask), batch.mask)
 
     def _encoder_positions(self, n: int, stream: str) -> EncoderPositions:
@@ -276,8 +310,14 @@ class OFAAdapter(ExitAdapter):
         norm = self.model.encoder.layer_norm
         return h if norm is None else norm(h)
 
+    def _joint_positions(self, n: int) -> EncoderPositions:
+        """The positions of an encoder output n wide: the last batch's, or an earlier batch's of that width
+        (position biases depend on the width only)."""
+        pos = self._positions_by_width.get(n)
+        return pos if pos is not None else self._encoder_positions(n, "joint")
+
     def decoder_cache(self, enc_out: torch.Tensor) -> OFACache:
-        pos = self._encoder_positions(enc_out.shape[1], "joint")
+        pos = self._joint_positions(enc_out.shape[1])
         dec = self.model.decoder
         return OFACache(self.n_dec_layers, lambda layer: dec.layers[layer].cross_kv(enc_out),
                         DecoderPositions(dec, pos.src_pos))
@@ -308,6 +348,27 @@ class OFAAdapter(ExitAdapter):
         sub = cache.rows(layer, rows)
         out = self._decoder_layer(layer, h, sub, enc_mask[rows], cache.positions, cache.length(layer))
         cache.append_rows(layer, rows, sub)
+        return out
+
+    # --- full-sequence decoder (rank.py) ------------------------------------------------------------------
+    def sequence_context(self, enc_out: torch.Tensor, enc_mask: torch.Tensor, n_positions: int) -> OFASequence:
+        pos = self._joint_positions(enc_out.shape[1])
+        cross_bias, self_biases = self.model.decoder.full_biases(n_positions, pos.src_pos)
+        return OFASequence(self_biases, cross_bias, enc_out, enc_mask, {})
+
+    def decoder_sequence_embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.embed(tokens, 0)
+
+    def decoder_sequence_layer(self, layer: int, h: torch.Tensor, context: OFASequence, samples: torch.Tensor,
+                               key_mask: torch.Tensor) -> torch.Tensor:
+        """As OFAModel.decoder_states computes a layer: padding masked as keys, no cache."""
+        block = self.model.decoder.layers[layer]
+        if layer not in context.cross:
+            context.cross[layer] = block.cross_kv(context.enc_out)
+        k, v = context.cross[layer]
+        cross_bias = context.cross_bias + additive_mask(context.enc_mask[samples], h.dtype)
+        self_bias = context.self_biases[layer] + additive_mask(key_mask, h.dtype)
+        out, _, _ = block(h, None, (k[samples], v[samples]), self_bias, cross_bias)
         return out
 
     def propagate_kv(self, layer: int, h: torch.Tensor) -> KV:
