@@ -2,8 +2,12 @@
 
 The engine needs five operations to fill skipped layers (DESIGN.md §1, kv_fill): read this step's slot
 of a layer, append a slot, overwrite the slot for some rows, replace whole buffers for some rows
-(`official`), and reorder rows for beam search. Adapters for transformers models wrap their own cache
-classes behind the same protocol.
+(`official`), and reorder rows for beam search. A sixth pair undoes a layer run the engine drops (the lagged
+exit check, sync.py): `layer_state` before the run, `restore_layer` after it. Appending builds new tensors and
+nothing writes into a buffer while a step's layers run (the fills come after them), so a layer's state is
+references to its buffers, free to take at every layer. Cross-attention K/V a dropped run projected are kept:
+they are a function of the encoder output alone, the same whenever a layer first needs them. Adapters for
+transformers models wrap their own cache classes behind the same protocol.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class KVCache(Protocol):
     def copy_layer(self, src: int, dst: int, rows: torch.Tensor) -> None: ...
     def reorder(self, index: torch.Tensor) -> None: ...
     def length(self, layer: int) -> int: ...
+    def layer_state(self, layer: int) -> object: ...
+    def restore_layer(self, layer: int, state: object) -> None: ...
 
 
 CrossProjector = Callable[[int], KV]  # layer -> that layer's cross-attention K/V of the encoder output
@@ -98,6 +104,12 @@ class TensorKVCache:
     def length(self, layer: int) -> int:
         k = self.keys[layer]
         return 0 if k is None else k.shape[2]
+
+    def layer_state(self, layer: int) -> KV | None:
+        return self.past(layer)
+
+    def restore_layer(self, layer: int, state: KV | None) -> None:
+        self.keys[layer], self.values[layer] = (None, None) if state is None else state
 
     def rows(self, layer: int, index: torch.Tensor) -> TensorKVCache:
         """A cache holding only layer `layer` of rows `index` (to run that layer on those rows)."""

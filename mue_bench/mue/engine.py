@@ -17,6 +17,7 @@ from mue_bench.mue.cost import decoder_flops, encoder_flops
 from mue_bench.mue.decoder import MuEStepper
 from mue_bench.mue.encoder import EncoderResult, run_encoder
 from mue_bench.mue.search import DecodingConfig, generate
+from mue_bench.mue.sync import ExitSync
 
 
 @dataclass
@@ -52,22 +53,25 @@ class RawBatch:
 
 
 @torch.no_grad()
-def encode(adapter: ExitAdapter, batch: Any, cfg: ExitConfig) -> tuple[Streams, EncoderResult]:
+def encode(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, sync: ExitSync = "eager",
+           ) -> tuple[Streams, EncoderResult]:
     streams = adapter.embed_streams(batch)
-    return streams, run_encoder(adapter, streams, cfg)
+    return streams, run_encoder(adapter, streams, cfg, sync)
 
 
 @torch.no_grad()
 def decode(adapter: ExitAdapter, enc_out: torch.Tensor, enc_mask: torch.Tensor, cfg: ExitConfig,
-           decoding: DecodingConfig) -> tuple[MuEStepper, list[list[int]]]:
-    stepper = MuEStepper(adapter, enc_out, enc_mask, cfg, decoding.num_beams, decoding.max_len)
+           decoding: DecodingConfig, sync: ExitSync = "eager") -> tuple[MuEStepper, list[list[int]]]:
+    stepper = MuEStepper(adapter, enc_out, enc_mask, cfg, decoding.num_beams, decoding.max_len, sync)
     return stepper, generate(stepper, enc_out.shape[0], decoding, enc_out.device)
 
 
-def run_model(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> RawBatch:
-    """The timed part: encoder with exits, then generation with per-token exits."""
-    streams, enc = encode(adapter, batch, cfg)
-    stepper, tokens = decode(adapter, enc.out, enc.mask, cfg, decoding)
+def run_model(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig,
+              sync: ExitSync = "eager") -> RawBatch:
+    """The timed part: encoder with exits, then generation with per-token exits. `sync` is how the layer loops
+    read their exit flags (sync.py); it changes when the host waits, never a result."""
+    streams, enc = encode(adapter, batch, cfg, sync)
+    stepper, tokens = decode(adapter, enc.out, enc.mask, cfg, decoding, sync)
     return RawBatch(batch, streams, enc, stepper, tokens)
 
 
@@ -115,17 +119,20 @@ def collect(adapter: ExitAdapter, raw: RawBatch, cfg: ExitConfig) -> BatchResult
                         for b, dec in enumerate(decoded)])
 
 
-def run_batch(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> BatchResult:
-    return collect(adapter, run_model(adapter, batch, cfg, decoding), cfg)
+def run_batch(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig,
+              sync: ExitSync = "eager") -> BatchResult:
+    return collect(adapter, run_model(adapter, batch, cfg, decoding, sync), cfg)
 
 
 class Engine:
     """A model family's adapter with fixed decoding settings: what a sweep runs, one batch and one exit setting
     at a time. `run` is the model work (what timing measures); `collect` the host-side bookkeeping after it.
-    The runner depends on this interface only, so tests can hand it a fake that exits where it is told."""
+    The runner depends on this interface only, so tests can hand it a fake that exits where it is told.
+    `exit_sync` is how the timed runs read exit flags (sync.py: the same results, a different wait); grid reuse's
+    untimed evaluations read them eagerly."""
 
-    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig):
-        self.adapter, self.decoding = adapter, decoding
+    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig, exit_sync: ExitSync = "eager"):
+        self.adapter, self.decoding, self.exit_sync = adapter, decoding, exit_sync
 
     @property
     def native_encoder_mode(self) -> str | None:
@@ -144,7 +151,7 @@ class Engine:
         return self.adapter.text(tokens)
 
     def run(self, batch: Any, cfg: ExitConfig) -> RawBatch:
-        return run_model(self.adapter, batch, cfg, self.decoding)
+        return run_model(self.adapter, batch, cfg, self.decoding, self.exit_sync)
 
     def collect(self, raw: RawBatch, cfg: ExitConfig) -> BatchResult:
         return collect(self.adapter, raw, cfg)

@@ -18,10 +18,11 @@ def stream_similarity(new: torch.Tensor, old: torch.Tensor, mask: torch.Tensor |
     return F.cosine_similarity(new.flatten(1).float(), old.flatten(1).float(), dim=1, eps=1e-12)
 
 
-def batch_similarity(new: torch.Tensor, old: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor | None = None,
+def batch_similarity(new: torch.Tensor, old: torch.Tensor, rows: torch.Tensor, positions: slice | None = None,
                      ) -> torch.Tensor:
-    """The authors' similarity: one cosine over the batch's `rows` flattened together, padding included (only
-    `positions` [N] of each row where given), broadcast to [B] so every row sees the same value."""
+    """The authors' similarity: one cosine over the batch's `rows` (a mask or indices) flattened together, padding
+    included (only `positions` of each row where given), broadcast to [B] so every row sees the same value.
+    Indices and slices select without a host sync; a boolean mask does not."""
     if positions is not None:
         new, old = new[:, positions], old[:, positions]
     sim = F.cosine_similarity(new[rows].flatten().float(), old[rows].flatten().float(), dim=0, eps=1e-12)

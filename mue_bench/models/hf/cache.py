@@ -64,6 +64,16 @@ class HFKVCache:
     def length(self, layer: int) -> int:
         return self.hf.self_attention_cache.get_seq_length(layer)
 
+    def layer_state(self, layer: int) -> dict:
+        """The self-attention layer's attributes (buffers, a sliding window's count and its lazy initialisation):
+        `update` rebinds them and writes into none, so a shallow copy restores the layer exactly."""
+        return dict(vars(self._self[layer]))
+
+    def restore_layer(self, layer: int, state: dict) -> None:
+        entry = vars(self._self[layer])
+        entry.clear()
+        entry.update(state)
+
     def rows(self, layer: int, index: torch.Tensor) -> HFKVCache:
         """A cache whose layer `layer` holds rows `index` only (self- and cross-attention), to run that layer on
         those rows; the model's attention appends to it as usual. Other layers are this cache's, untouched."""
