@@ -131,6 +131,7 @@ POINTS_SCHEMA = pa.schema([
     ("dtype", pa.string()),
     ("batch_size", pa.int64()),
     ("parity", pa.bool_()),  # grid.parity: every setting of the authors' released code
+    ("exit_sync", pa.string()),  # timing.exit_sync: how the timed loops read exit flags ("eager", "lagged")
     ("num_beams", pa.int64()),
     ("max_len", pa.int64()),
     ("torch_version", pa.string()),

@@ -334,6 +334,11 @@ class TimingSpec(_Strict):
     # generations shared by samples that reach the same exits, and a point whose exit decisions a stored run
     # makes the same way served by that run (certificates). None: every batch is timed, nothing is reused.
     batches: int | None = Field(default=None, ge=1)
+    # How the layer loops learn which rows are still active (mue/sync.py): "eager" reads each layer's exit flags
+    # before launching the next (a host sync per layer); "lagged" launches the next layer first and reads them
+    # while it is queued, dropping a layer that ran for nobody. The same decisions either way, so it is no part of
+    # a point's identity; only the wall clock can tell them apart (benchmarks/realization.py --exit-sync).
+    exit_sync: Literal["eager", "lagged"] = "eager"
 
 
 class RunSpec(_Strict):

@@ -264,3 +264,43 @@ def test_lagged_equals_eager_on_ofa(ofa_case, mode, fill, scope, beams, size, he
                              head_every_layer=head)
     samples = assert_lagged_equals_eager(adapter, batch, cfg, decoding, same_shapes(cfg, size, compact=True))
     assert _exits_somewhere(samples, adapter)
+
+
+# --- the spec's option ----------------------------------------------------------------------------------------
+def test_a_sweep_with_lagged_sync_records_it_and_computes_what_eager_does(tmp_path, shapes_root, random_checkpoint):
+    import textwrap
+
+    from mue_bench.run.runner import Progress, SweepOptions, run_sweep
+    from mue_bench.spec import load_spec
+
+    outcomes = {}
+    for sync in ("eager", "lagged"):
+        path = tmp_path / f"{sync}.toml"
+        path.write_text(textwrap.dedent(f"""
+            name = "{sync}"
+            [model]
+            family = "mue-tiny"
+            checkpoint = "{random_checkpoint}"
+            [data]
+            dataset = "shapes"
+            root = "{shapes_root}"
+            split = "test"
+            limit = 4
+            [grid]
+            tau_img = [0.9]
+            tau_txt = [0.9]
+            tau_dec = [0.5]
+            [run]
+            batch_size = 2
+            [timing]
+            exit_sync = "{sync}"
+            [output]
+            dir = "{tmp_path / sync}"
+        """))
+        spec = load_spec(path)
+        assert spec.timing.exit_sync == sync
+        outcomes[sync] = run_sweep(spec, SweepOptions(meteor=False), Progress())
+    eager, lagged = outcomes["eager"], outcomes["lagged"]
+    assert eager.points["exit_sync"].tolist() == ["eager"] * 2 and lagged.points["exit_sync"].tolist() == ["lagged"] * 2
+    same = ["point_id", "prediction", "tokens", "enc_img_layers", "enc_txt_layers", "dec_layers", "flops"]
+    assert eager.samples[same].equals(lagged.samples[same])

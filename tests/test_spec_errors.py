@@ -45,6 +45,7 @@ CASES = {
     "unknown shapes version": ({'limit = 2': 'limit = 2\nversion = 9'}, "data.version"),
     "empty grid": ({'tau_img = [0.9]': 'tau_img = []'}, "grid.tau_img: empty threshold list"),
     "unknown model family": ({'family = "mue-tiny"': 'family = "gpt5"'}, "model.family"),
+    "unknown exit sync": ({'[output]': '[timing]\nexit_sync = "sometimes"\n[output]'}, "timing.exit_sync"),
     "missing dataset path": ({'dataset = "shapes"': 'dataset = "coco-karpathy"\nannotations = "/nope/x.json"\n'
                                                     'images = "/nope"\ntask = "caption"'},
                              "dataset file not found: /nope/x.json"),

@@ -47,6 +47,7 @@ from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Engine, SampleExits, encode
 from mue_bench.mue.search import DecodingConfig
 from mue_bench.mue.similarity import batch_similarity, stream_similarity
+from mue_bench.mue.sync import ExitSync
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,10 @@ class RankRaw:
     result: PassResult
 
 
-def run_rank(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig) -> RankRaw:
+def run_rank(adapter: ExitAdapter, batch: Any, cfg: ExitConfig, decoding: DecodingConfig,
+             sync: ExitSync = "eager") -> RankRaw:
     """Encoder with exits, then the ranking pass."""
-    streams, enc = encode(adapter, batch, cfg)
+    streams, enc = encode(adapter, batch, cfg, sync)  # the pass itself decides once per layer: no lag there
     cand = candidates(adapter.decoder_prompts(batch), decoding.answers, adapter.pad_id, enc.out.device)
     return RankRaw(batch, streams, enc, cand, rank_pass(adapter, enc.out, enc.mask, cand, cfg))
 
@@ -228,16 +230,16 @@ def collect_rank(adapter: ExitAdapter, raw: RankRaw, cfg: ExitConfig) -> BatchRe
 class RankEngine(Engine):
     """An `Engine` whose decoding is a ranking pass (decoding.mode = "rank") instead of a search."""
 
-    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig):
+    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig, exit_sync: ExitSync = "eager"):
         if not adapter.full_sequence:
             raise SpecError(f"decoding.mode \"rank\": the {type(adapter).__name__} has no full-sequence decoder "
                             "call; use mode = \"generate\"")
         if not decoding.answers:
             raise SpecError("decoding.mode \"rank\" needs decoding.answers")
-        super().__init__(adapter, decoding)
+        super().__init__(adapter, decoding, exit_sync)
 
     def run(self, batch: Any, cfg: ExitConfig) -> RankRaw:
-        return run_rank(self.adapter, batch, cfg, self.decoding)
+        return run_rank(self.adapter, batch, cfg, self.decoding, self.exit_sync)
 
     def collect(self, raw: RankRaw, cfg: ExitConfig) -> BatchResult:
         return collect_rank(self.adapter, raw, cfg)

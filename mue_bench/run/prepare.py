@@ -60,7 +60,8 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
                                                                     "ignore_eos"}, exclude_unset=True))
     if spec.decoding.answers:
         decoding = replace(decoding, answers=tuple(adapter.answer_ids(a) for a in spec.decoding.answers))
-    engine = RankEngine(adapter, decoding) if spec.decoding.mode == "rank" else Engine(adapter, decoding)
+    engine_class = RankEngine if spec.decoding.mode == "rank" else Engine
+    engine = engine_class(adapter, decoding, spec.timing.exit_sync)
     return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
 
 

@@ -42,7 +42,7 @@ def provenance(spec: SweepSpec, device: torch.device, run_id: str, decoding: Dec
         "checkpoint": spec.model.checkpoint, "checkpoint_hash": checkpoint_hash(spec.model.resolved),
         "dataset": spec.data.dataset, "split": spec.data.split, "task": spec.data.task,
         "device": str(device), "dtype": spec.run.dtype,
-        "batch_size": spec.run.batch_size, "parity": spec.grid.parity,
+        "batch_size": spec.run.batch_size, "parity": spec.grid.parity, "exit_sync": spec.timing.exit_sync,
         "num_beams": (decoding or spec.decoding).num_beams, "max_len": (decoding or spec.decoding).max_len,
         "torch_version": torch.__version__,
         "transformers_version": tf_version, "mue_bench_version": mue_bench.__version__,
