@@ -39,20 +39,22 @@ class Step:
     tiny_args: tuple[str, ...]  # the dry run's: tiny models, batch 1 and 2, one repeat
 
 
-REALIZATION = "realization.py: fixed-exit speedup over the ideal FLOP speedup, beside the authors' loop"
+REALIZATION = ("realization.py: fixed-exit speedup over the ideal FLOP speedup, beside the authors' loop; "
+               "exit_sync lagged over eager")
+SYNCS = ("--exit-sync", "eager,lagged")  # which way of reading exit flags the engine should default to
 STEPS = (
     Step(f"{REALIZATION} (Florence-2-large)", "realization.py",
-         ("--models", "florence2-large", "--batches", "1,32"), 0.16,
-         ("--models", "mue-tiny", "--batches", "1,2", "--repeats", "1", "--max-len", "4")),
+         ("--models", "florence2-large", "--batches", "1,32", *SYNCS), 0.16,
+         ("--models", "mue-tiny", "--batches", "1,2", "--repeats", "1", "--max-len", "4", *SYNCS)),
     Step(f"{REALIZATION} (T5Gemma 2 270M)", "realization.py",
-         ("--models", "t5gemma2-270m", "--batches", "1,32"), 0.16,
-         ("--models", "t5gemma2-tiny", "--batches", "2", "--repeats", "1", "--max-len", "4")),
+         ("--models", "t5gemma2-270m", "--batches", "1,32", *SYNCS), 0.16,
+         ("--models", "t5gemma2-tiny", "--batches", "2", "--repeats", "1", "--max-len", "4", *SYNCS)),
     Step(f"{REALIZATION} (OFA-base)", "realization.py",
-         ("--models", "ofa-base", "--batches", "1,32"), 0.12,
-         ("--models", "ofa-tiny", "--batches", "2", "--repeats", "1", "--max-len", "2")),
-    Step("loop_overhead.py: the engine with exits disabled vs the model's own generate(), per token",
-         "loop_overhead.py", ("--models", "florence2-large,t5gemma2-270m", "--batch", "1"), 0.14,
-         ("--models", "florence2-tiny", "--short", "2", "--long", "4", "--repeats", "1")),
+         ("--models", "ofa-base", "--batches", "1,32", *SYNCS), 0.12,
+         ("--models", "ofa-tiny", "--batches", "2", "--repeats", "1", "--max-len", "2", *SYNCS)),
+    Step("loop_overhead.py: the engine with exits disabled vs the model's own generate(), per token, eager and "
+         "lagged", "loop_overhead.py", ("--models", "florence2-large,t5gemma2-270m", "--batch", "1", *SYNCS), 0.14,
+         ("--models", "florence2-tiny", "--short", "2", "--long", "4", "--repeats", "1", *SYNCS)),
     Step("batch_compaction.py: compaction vs masked execution when a batch's samples exit at different layers",
          "batch_compaction.py", ("--models", "mue-tiny,wide,florence2-large", "--batches", "8,32"), 0.16,
          ("--models", "mue-tiny", "--batches", "2", "--repeats", "1", "--max-len", "4")),

@@ -32,6 +32,7 @@ def test_the_suite_dry_run_finishes_every_step_and_writes_every_table(tmp_path):
     # each step printed its table: a header line and rows under it
     assert text.count("realiz.") >= 2 * 3 + 2 and "engine / generate" in text and "compact x" in text
     assert "sweep, shared by exit certificates" in text and "lower bound" in text
+    assert text.count("exit / eager") == 3 and "lagged / eager" in text  # eager vs lagged, side by side
 
 
 def test_a_script_that_reaches_the_scoring_stack_fails_in_the_suite(tmp_path):
