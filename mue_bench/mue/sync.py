@@ -8,8 +8,14 @@ the host launches the next one. `lagged` launches layer l+1 first, on the rows t
 state, and only then reads layer l's flags. The flags' counts were copied to pinned host memory behind an event
 before layer l+1 was queued, so the read waits for layer l only, while layer l+1 keeps the device busy. When the
 read says nobody was active after layer l, layer l+1 ran for nobody: the loop drops its output and (decoder)
-what it added to the KV cache. Both give the same results; lagged pays one speculative layer per exit, which
-pays only where launches, not compute, bound the loop (a GPU at small batch), so eager stays the default.
+what it added to the KV cache. Every decision (exits, tokens, FLOPs, heads, cache lengths) is eager's. The floats
+are too, bit for bit, wherever each layer runs on the rows and positions eager runs it on: always without batch
+compaction, with exits shared by the batch (batch scope, one sample, fixed exits), and on mue-tiny's joint layer.
+Where a compacting batch's rows exit apart, the layer after an exit runs on a superset of eager's rows, and in
+`freeze` mode a saturated modality's queries are dropped a layer later; a kernel of another shape may round the
+last bit differently (a few float32 ulps in the tests), as a compacted batch already differs from a masked one.
+Lagged pays one speculative layer per exit, which pays off only where launches, not compute, bound the loop (a
+GPU at small batch): eager stays the default until benchmarks/gpu_suite.sh has measured both.
 """
 
 from __future__ import annotations
