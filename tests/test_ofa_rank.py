@@ -167,3 +167,19 @@ def test_records_fit_the_results_schema(goldens):
             type(g.adapter).full_sequence = True
     # the generation engine is untouched by the new adapter members
     assert run_batch(g.adapter, batch, ExitConfig(encoder_mode="split"), g.adapter.decoding(max_len=3)).samples
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_lagged_encoder_ranks_exactly_as_an_eager_one(goldens, name):
+    g = goldens[name]
+    decoding = g.decoding("multi")
+    batch = g.batch([0, 1, 2])
+    full = run_rank(g.adapter, batch, ExitConfig(encoder_mode="split"), decoding)
+    img = sorted(full.encoder.img_sims[:, 0].tolist())
+    cfg = ExitConfig(tau_img=(img[0] + img[1]) / 2, tau_dec=float(full.result.sims[:, 0].median()),
+                     encoder_mode="split")
+    eager, lagged = (run_rank(g.adapter, batch, cfg, decoding, sync) for sync in ("eager", "lagged"))
+    assert torch.equal(eager.encoder.img_layers, lagged.encoder.img_layers)
+    assert len(set(eager.encoder.img_layers.tolist())) > 1  # the streams really exit at different layers
+    assert eager.result.choice == lagged.result.choice and torch.equal(eager.result.used, lagged.result.used)
+    assert torch.allclose(eager.result.scores, lagged.result.scores, atol=1e-6, rtol=0)
