@@ -13,11 +13,12 @@ import torch
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, check_images, load_jsonl, load_karpathy, load_snli_ve
+from mue_bench.data.ofa_tsv import CAPTION_COLUMNS, SNLI_VE_COLUMNS, load_caption_tsv, load_snli_ve_tsv
 from mue_bench.errors import SpecError
 from mue_bench.models.registry import load_adapter
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.rank import RankEngine
-from mue_bench.spec import DataSpec, SweepSpec
+from mue_bench.spec import TSV_DATASETS, DataSpec, SweepSpec
 
 
 def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
@@ -31,6 +32,8 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
         samples = load_karpathy(Path(spec.annotations or ""), Path(spec.images or ""), spec.split)
     elif spec.dataset == "jsonl":
         samples = load_jsonl(Path(spec.annotations or ""), Path(spec.images or ""), spec.task)
+    elif spec.dataset in TSV_DATASETS:
+        samples = load_tsv(spec, limit or spec.limit)
     else:
         samples = load_snli_ve(Path(spec.annotations or ""), Path(spec.images or ""), spec.image_pattern)
     limit = limit or spec.limit
@@ -38,6 +41,15 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
     if not samples:
         raise SpecError(f"no samples in split {spec.split!r} of dataset {spec.dataset!r}")
     return samples
+
+
+def load_tsv(spec: DataSpec, limit: int | None) -> list[Sample]:
+    """OFA's TSV files; reading stops after `limit` samples (a test file holds many thousand images)."""
+    path = Path(spec.annotations or "")
+    if spec.dataset == "snli-ve-tsv":
+        return load_snli_ve_tsv(path, spec.columns or SNLI_VE_COLUMNS, limit)
+    references = Path(spec.references) if spec.references is not None else None
+    return load_caption_tsv(path, spec.columns or CAPTION_COLUMNS, references, limit)
 
 
 def batched(items: list, size: int) -> list[list]:

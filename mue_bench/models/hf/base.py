@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mue_bench.data.loaders import Sample
+from mue_bench.data.loaders import Sample, open_image
 from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.models.hf import generation
 from mue_bench.mue.adapter import ExitAdapter
@@ -60,11 +60,9 @@ class HFBatch:
 
 
 def load_rgb(samples: list[Sample]) -> list:
-    from PIL import Image
-
     images = []
     for s in samples:
-        with Image.open(s.image) as im:
+        with open_image(s.image) as im:
             images.append(im.convert("RGB"))
     return images
 
