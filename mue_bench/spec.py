@@ -386,6 +386,20 @@ OFA_ANSWERS = ("no", "yes", "maybe")
 RANK_FAMILIES = ("ofa",)
 
 
+def check_ofa_prompt(model: ModelSpec, data: DataSpec) -> None:
+    """model.add_caption and model.prompt_type are OFA's SNLI-VE task settings: refused for other families and
+    other tasks (a ValueError, for the sweep's and the fine-tuning config's validators)."""
+    for name, default in (("add_caption", False), ("prompt_type", "none")):
+        if getattr(model, name) != default and model.family != "ofa":
+            raise ValueError(f"model.{name} is an OFA setting (its SNLI-VE task's); remove it for {model.family}")
+    if model.add_caption and data.task != "entailment":
+        raise ValueError("model.add_caption puts SNLI-VE's premise in the prompt; it needs data.task = "
+                         "\"entailment\"")
+    if model.prompt_type != "none" and data.task != "entailment":
+        raise ValueError(f"model.prompt_type \"{model.prompt_type}\" is OFA's SNLI-VE decoder prompt; it needs "
+                         "data.task = \"entailment\"")
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec = ModelSpec()
@@ -432,12 +446,7 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _ofa_prompt_settings(self) -> SweepSpec:
         m = self.model
-        for name, default in (("add_caption", False), ("prompt_type", "none")):
-            if getattr(m, name) != default and m.family != "ofa":
-                raise ValueError(f"model.{name} is an OFA setting (its SNLI-VE task's); remove it for {m.family}")
-        if m.add_caption and self.data.task != "entailment":
-            raise ValueError("model.add_caption puts SNLI-VE's premise in the prompt; it needs data.task = "
-                             "\"entailment\"")
+        check_ofa_prompt(m, self.data)
         if m.prompt_type != "none" and self.decoding.mode != "rank":
             raise ValueError(f"model.prompt_type \"{m.prompt_type}\" feeds the source to the decoder before the "
                              "answer, which only a ranking pass scores; set decoding.mode = \"rank\"")

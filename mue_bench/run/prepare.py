@@ -18,7 +18,7 @@ from mue_bench.errors import SpecError
 from mue_bench.models.registry import load_adapter
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.rank import RankEngine
-from mue_bench.spec import TSV_DATASETS, DataSpec, SweepSpec
+from mue_bench.spec import TSV_DATASETS, DataSpec, ModelSpec, SweepSpec
 
 
 def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
@@ -64,7 +64,7 @@ Loader = Callable[[SweepSpec, torch.device], tuple[Engine, list[Sample], list[An
 def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[Sample], list[Any]]:
     """The spec's model as an engine, its samples, and their pre-processed batches on the device."""
     samples = load_samples(spec.data)
-    check_premises(spec, samples)
+    check_premises(spec.model, spec.data, samples)
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype, spec.decoding.generation_config)
     # only what the spec sets: a transformers checkpoint's generation config provides the rest
@@ -76,17 +76,17 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
 
 
-def check_premises(spec: SweepSpec, samples: list[Sample]) -> None:
+def check_premises(model: ModelSpec, data: DataSpec, samples: list[Sample]) -> None:
     """model.add_caption needs every sample's premise (a sample's own JSONL prompt replaces the task's): refused
-    before the model loads, naming the file."""
-    if not spec.model.add_caption:
+    before the model loads, naming the file (a sweep's and a fine-tuning run's)."""
+    if not model.add_caption:
         return
     missing = [s for s in samples if not s.premise and not s.prompt]
     if missing:
-        source = spec.data.annotations or f"the {spec.data.dataset} data"
+        source = data.annotations or f"the {data.dataset} data"
         raise SpecError(f"model.add_caption: {len(missing)} of {len(samples)} samples of {source} have no premise "
-                        f"(first: {missing[0].sample_id}; SNLI-VE's sentence1, a JSONL 'premise'); use data that "
-                        "carries it, or remove add_caption")
+                        f"(first: {missing[0].sample_id}; SNLI-VE's sentence1, its TSV's caption column, a JSONL "
+                        "'premise'); use data that carries it, or remove add_caption")
 
 
 def prepare_batches(engine: Engine, samples: list[Sample], size: int, device: torch.device) -> list[Any]:

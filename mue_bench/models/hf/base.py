@@ -250,6 +250,11 @@ class HFAdapterBase(ExitAdapter):
         right-padded with the pad id."""
         raise NotImplementedError
 
+    def teacher_forced(self, batch: HFBatch, labels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every decoder layer's output under teacher forcing and the targets the loss reads: the labels, as the
+        decoder starts from its start token alone."""
+        return self.decoder_states(batch, labels), labels
+
     def pad_rows(self, rows: list[list[int]]) -> torch.Tensor:
         """[B, max len] ids, right-padded with the pad id."""
         out = torch.full((len(rows), max(map(len, rows))), self.pad_id)

@@ -31,6 +31,7 @@ from mue_bench.models.ofa.inputs import (
     entailment_text,
     pre_caption,
     preprocess_image,
+    teacher_forcing,
 )
 from mue_bench.models.ofa.model import (
     DecoderPositions,
@@ -190,17 +191,25 @@ class OFAAdapter(ExitAdapter):
 
     # --- training (training/finetune.py) -------------------------------------------------------------
     def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
-        """What the decoder learns to emit after <s>: BPE(" " + cleaned text) + </s> (caption_dataset.py:128-
-        131), cut to `max_len`, right-padded with <pad>."""
+        """What the decoder learns to emit after its prompt: BPE(" " + cleaned text) + </s> (caption_dataset.py:
+        128-131, snli_ve_dataset.py:153), cut to `max_len`, right-padded with <pad>."""
         rows = [[*self._words(" " + pre_caption(t))[: max_len - 1], self.eos_id] for t in texts]
         width = max(len(r) for r in rows)
         return torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
-    def decoder_states(self, batch: OFABatch, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Every decoder layer's output [B, T, D] under teacher forcing: <s>, then the labels shifted right."""
-        dec_in = torch.cat([torch.full_like(labels[:, :1], self.bos_id), labels[:, :-1]], 1)
+    def teacher_forced(self, batch: OFABatch, labels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every decoder layer's output [B, T, D] over [decoder prompt; answer] and the targets [B, T] the loss
+        reads (inputs.teacher_forcing): the prompt is `decoder_prompts`, the one a ranking pass scores after, so
+        a model is trained on the prompt it is evaluated on (<s> alone for prompt_type "none")."""
+        answers = [row[: row.index(self.eos_id)] for row in labels.tolist()]
+        dec_in, targets = teacher_forcing(self.decoder_prompts(batch), answers)
+        if dec_in.shape[1] > self.decoder_positions:
+            raise SpecError(f"a training row is {dec_in.shape[1]} decoder positions ([decoder prompt; target]), over "
+                            f"the {self.decoder_positions} of this checkpoint's position table; lower max_target_len "
+                            "or shorten the data's text")
+        dec_in, targets = dec_in.to(batch.ids.device), targets.to(batch.ids.device)
         enc_out, enc_mask, src_pos = self.model.encode(self._pixels(batch), batch.ids, batch.mask)
-        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos)
+        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos), targets
 
     def save(self, out: Path) -> None:
         """A folder `OFAAdapter.load` reads: safetensors (each tied tensor once), config, tokenizer, resolution."""
