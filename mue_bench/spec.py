@@ -149,8 +149,12 @@ class ModelSpec(_Strict):
         return parse_checkpoint(self.family, self.checkpoint)
 
 
+# OFA's TSV files (data/ofa_tsv.py): the images are base64 cells of the file itself.
+TSV_DATASETS = {"snli-ve-tsv": "entailment", "coco-caption-tsv": "caption"}
+
+
 class DataSpec(_Strict):
-    dataset: Literal["shapes", "coco-karpathy", "snli-ve", "jsonl"] = "shapes"
+    dataset: Literal["shapes", "coco-karpathy", "snli-ve", "jsonl", "snli-ve-tsv", "coco-caption-tsv"] = "shapes"
     task: Literal["caption", "entailment"] = "caption"
     split: str = "test"
     limit: int | None = Field(default=None, ge=1)
@@ -158,17 +162,34 @@ class DataSpec(_Strict):
     root: str | None = None
     seed: int = 0
     version: Literal[2, 3, 4] = DEFAULT_VERSION  # shapes generator version; see data/shapes.py
-    annotations: str | None = None  # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file
-    images: str | None = None  # image root
+    # coco-karpathy: dataset_coco.json; snli-ve, jsonl: the .jsonl file; the TSV datasets: the .tsv file
+    annotations: str | None = None
+    images: str | None = None  # image root (not for the TSV datasets: their images are in the file)
     image_pattern: str = "{id}.jpg"  # snli-ve: file name for a Flickr30K_ID
+    # The TSV datasets: OFA's selected_cols (which columns hold what, in its order; default its run scripts'),
+    # snli-ve-tsv uniq_id, image, hypothesis, caption, label (0,2,3,4,5); coco-caption-tsv id, image, caption
+    # (1,4,2, the evaluation's).
+    columns: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    # coco-caption-tsv: a COCO-format reference file (OFA's test_caption_coco_format.json, what its CIDEr is
+    # computed against); its captions replace the TSV's "&&"-joined ones.
+    references: str | None = None
 
     @model_validator(mode="after")
     def _task_matches_dataset(self) -> DataSpec:
-        expected = {"coco-karpathy": "caption", "snli-ve": "entailment"}.get(self.dataset)
+        expected = {"coco-karpathy": "caption", "snli-ve": "entailment", **TSV_DATASETS}.get(self.dataset)
         if expected and self.task != expected:
             raise ValueError(f"task {self.task!r} does not fit dataset {self.dataset!r} (use {expected!r})")
-        if self.dataset != "shapes" and (self.annotations is None or self.images is None):
+        tsv = self.dataset in TSV_DATASETS
+        if tsv and self.annotations is None:
+            raise ValueError(f"dataset {self.dataset!r} needs 'annotations', the .tsv file")
+        if tsv and self.images is not None:
+            raise ValueError(f"dataset {self.dataset!r} holds its images in the TSV (base64); remove 'images'")
+        if self.dataset not in ("shapes", *TSV_DATASETS) and (self.annotations is None or self.images is None):
             raise ValueError(f"dataset {self.dataset!r} needs both 'annotations' and 'images' paths")
+        if self.columns is not None and not tsv:
+            raise ValueError(f"'columns' picks the columns of OFA's TSV files; dataset {self.dataset!r} has none")
+        if self.references is not None and self.dataset != "coco-caption-tsv":
+            raise ValueError("'references' (a COCO-format caption file) is read by dataset \"coco-caption-tsv\" only")
         return self
 
     @model_validator(mode="before")
@@ -370,6 +391,20 @@ OFA_ANSWERS = ("no", "yes", "maybe")
 RANK_FAMILIES = ("ofa",)
 
 
+def check_ofa_prompt(model: ModelSpec, data: DataSpec) -> None:
+    """model.add_caption and model.prompt_type are OFA's SNLI-VE task settings: refused for other families and
+    other tasks (a ValueError, for the sweep's and the fine-tuning config's validators)."""
+    for name, default in (("add_caption", False), ("prompt_type", "none")):
+        if getattr(model, name) != default and model.family != "ofa":
+            raise ValueError(f"model.{name} is an OFA setting (its SNLI-VE task's); remove it for {model.family}")
+    if model.add_caption and data.task != "entailment":
+        raise ValueError("model.add_caption puts SNLI-VE's premise in the prompt; it needs data.task = "
+                         "\"entailment\"")
+    if model.prompt_type != "none" and data.task != "entailment":
+        raise ValueError(f"model.prompt_type \"{model.prompt_type}\" is OFA's SNLI-VE decoder prompt; it needs "
+                         "data.task = \"entailment\"")
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec = ModelSpec()
@@ -416,12 +451,7 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _ofa_prompt_settings(self) -> SweepSpec:
         m = self.model
-        for name, default in (("add_caption", False), ("prompt_type", "none")):
-            if getattr(m, name) != default and m.family != "ofa":
-                raise ValueError(f"model.{name} is an OFA setting (its SNLI-VE task's); remove it for {m.family}")
-        if m.add_caption and self.data.task != "entailment":
-            raise ValueError("model.add_caption puts SNLI-VE's premise in the prompt; it needs data.task = "
-                             "\"entailment\"")
+        check_ofa_prompt(m, self.data)
         if m.prompt_type != "none" and self.decoding.mode != "rank":
             raise ValueError(f"model.prompt_type \"{m.prompt_type}\" feeds the source to the decoder before the "
                              "answer, which only a ranking pass scores; set decoding.mode = \"rank\"")

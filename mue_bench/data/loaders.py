@@ -1,27 +1,75 @@
 """Loaders for the on-disk formats mue-bench reads: Karpathy-split COCO captions, SNLI-VE JSONL, and a
-generic JSONL (one image, an optional prompt, and references or a label per line).
+generic JSONL (one image, an optional prompt, and references or a label per line); OFA's TSV files are read by
+`data/ofa_tsv.py`.
 
-Each returns plain `Sample` records (an image path plus what the task needs); prompts are a model
-family's business and are added by its adapter. Problems name the file and the row.
+Each returns plain `Sample` records (where the image is, plus what the task needs); prompts are a model
+family's business and are added by its adapter. Problems name the file and the row. An image is a file, or a
+cell of a TSV file (`TsvImage`): every consumer opens it with `open_image`, so a TSV's base64 images are decoded
+when they are pre-processed, never written out or held in memory all at once.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mue_bench.errors import SpecError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # SNLI-VE's labels as OFA generates them: a word the decoder emits.
 LABEL_WORDS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
 
 
 @dataclass(frozen=True)
+class TsvImage:
+    """An image stored as a base64 string in column `column` of the line at byte `offset` of a TSV file (line
+    number `line`, for messages), as OFA's datasets store them (data/file_dataset.py reads lines by offset)."""
+
+    path: Path
+    offset: int
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def read_bytes(self) -> bytes:
+        """The decoded image file; a missing column or bad base64 is one line naming the file and line."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            cells = f.readline().rstrip(b"\r\n").split(b"\t")
+        if self.column >= len(cells):
+            raise SpecError(f"{self}: no column {self.column} (the image) in this line of {len(cells)} columns")
+        try:  # OFA decodes with urlsafe_b64decode (caption_dataset.py, snli_ve_dataset.py); it reads either alphabet
+            return base64.urlsafe_b64decode(cells[self.column])
+        except (binascii.Error, ValueError) as e:
+            raise SpecError(f"{self}: column {self.column} is not valid base64 ({e})") from None
+
+
+ImageSource = Path | TsvImage
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """The image `source` names, opened (use it as a context manager, as `Image.open`)."""
+    from PIL import Image
+
+    if isinstance(source, TsvImage):
+        return Image.open(io.BytesIO(source.read_bytes()))
+    return Image.open(source)
+
+
+@dataclass(frozen=True)
 class Sample:
     sample_id: str
-    image: Path
+    image: ImageSource
     task: str  # "caption" | "entailment"
     references: tuple[str, ...] = field(default=())
     hypothesis: str = ""
@@ -116,15 +164,15 @@ def load_jsonl(jsonl: Path, image_root: Path, task: str) -> list[Sample]:
 
 
 def check_images(samples: list[Sample]) -> None:
-    """Fail before any model work if an image is missing or unreadable, naming it."""
-    from PIL import Image
-
+    """Fail before any model work if an image is missing or unreadable, naming it (a TSV cell by file and line)."""
     for s in samples:
-        if not s.image.is_file():
+        if isinstance(s.image, Path) and not s.image.is_file():
             raise SpecError(f"image {s.image} is a folder, not an image (sample {s.sample_id})" if s.image.is_dir()
                             else f"image not found: {s.image} (sample {s.sample_id})")
         try:
-            with Image.open(s.image) as im:
+            with open_image(s.image) as im:
                 im.verify()
+        except SpecError:
+            raise
         except Exception as e:  # PIL raises many types for a bad file
             raise SpecError(f"image unreadable: {s.image} (sample {s.sample_id}: {e})") from None

@@ -53,6 +53,9 @@ class ExitAdapter(Protocol):
     # `sequence_context`, `decoder_sequence_embed` and `decoder_sequence_layer`; the spec refuses "rank" for
     # families that do not set it (spec.RANK_FAMILIES).
     full_sequence: bool = False
+    # Decoder positions the model's position tables hold (a ranking pass's [prompt; answer] must fit); None where
+    # the family has no fixed table the engine needs to check against.
+    decoder_positions: int | None = None
 
     # --- inputs and outputs (the runner's side) ------------------------------------------------------
     def prepare(self, samples: list) -> Any:

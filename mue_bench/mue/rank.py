@@ -238,6 +238,21 @@ class RankEngine(Engine):
             raise SpecError("decoding.mode \"rank\" needs decoding.answers")
         super().__init__(adapter, decoding, exit_sync)
 
+    def prepare(self, samples: list) -> Any:
+        """The batch, refused before any model work where a sample's longest [prompt; answer] would not fit the
+        decoder's position table (the pass would index past it)."""
+        batch = super().prepare(samples)
+        limit = self.adapter.decoder_positions
+        if limit is not None:
+            longest = max(len(a) for a in self.decoding.answers) - 1  # fed without its EOS
+            for sample, prompt in zip(samples, self.adapter.decoder_prompts(batch)):
+                if len(prompt) + longest > limit:
+                    raise SpecError(f"sample {sample.sample_id}: its ranking pass is {len(prompt) + longest} decoder "
+                                    f"positions (a {len(prompt)}-token decoder prompt and the longest answer), over "
+                                    f"the {limit} of this checkpoint's position table; shorten the sample's text, "
+                                    "or use a shorter model.prompt_type")
+        return batch
+
     def run(self, batch: Any, cfg: ExitConfig) -> RankRaw:
         return run_rank(self.adapter, batch, cfg, self.decoding, self.exit_sync)
 

@@ -13,11 +13,12 @@ import torch
 
 from mue_bench.data import shapes
 from mue_bench.data.loaders import Sample, check_images, load_jsonl, load_karpathy, load_snli_ve
+from mue_bench.data.ofa_tsv import CAPTION_COLUMNS, SNLI_VE_COLUMNS, load_caption_tsv, load_snli_ve_tsv
 from mue_bench.errors import SpecError
 from mue_bench.models.registry import load_adapter
 from mue_bench.mue.engine import Engine
 from mue_bench.mue.rank import RankEngine
-from mue_bench.spec import DataSpec, SweepSpec
+from mue_bench.spec import TSV_DATASETS, DataSpec, ModelSpec, SweepSpec
 
 
 def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
@@ -31,6 +32,8 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
         samples = load_karpathy(Path(spec.annotations or ""), Path(spec.images or ""), spec.split)
     elif spec.dataset == "jsonl":
         samples = load_jsonl(Path(spec.annotations or ""), Path(spec.images or ""), spec.task)
+    elif spec.dataset in TSV_DATASETS:
+        samples = load_tsv(spec, limit or spec.limit)
     else:
         samples = load_snli_ve(Path(spec.annotations or ""), Path(spec.images or ""), spec.image_pattern)
     limit = limit or spec.limit
@@ -38,6 +41,15 @@ def load_samples(spec: DataSpec, limit: int | None = None) -> list[Sample]:
     if not samples:
         raise SpecError(f"no samples in split {spec.split!r} of dataset {spec.dataset!r}")
     return samples
+
+
+def load_tsv(spec: DataSpec, limit: int | None) -> list[Sample]:
+    """OFA's TSV files; reading stops after `limit` samples (a test file holds many thousand images)."""
+    path = Path(spec.annotations or "")
+    if spec.dataset == "snli-ve-tsv":
+        return load_snli_ve_tsv(path, spec.columns or SNLI_VE_COLUMNS, limit)
+    references = Path(spec.references) if spec.references is not None else None
+    return load_caption_tsv(path, spec.columns or CAPTION_COLUMNS, references, limit)
 
 
 def batched(items: list, size: int) -> list[list]:
@@ -52,7 +64,7 @@ Loader = Callable[[SweepSpec, torch.device], tuple[Engine, list[Sample], list[An
 def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[Sample], list[Any]]:
     """The spec's model as an engine, its samples, and their pre-processed batches on the device."""
     samples = load_samples(spec.data)
-    check_premises(spec, samples)
+    check_premises(spec.model, spec.data, samples)
     check_images(samples)
     adapter = load_adapter(spec.model, device, spec.run.dtype, spec.decoding.generation_config)
     # only what the spec sets: a transformers checkpoint's generation config provides the rest
@@ -65,17 +77,17 @@ def prepare_inputs(spec: SweepSpec, device: torch.device) -> tuple[Engine, list[
     return engine, samples, prepare_batches(engine, samples, spec.run.batch_size, device)
 
 
-def check_premises(spec: SweepSpec, samples: list[Sample]) -> None:
+def check_premises(model: ModelSpec, data: DataSpec, samples: list[Sample]) -> None:
     """model.add_caption needs every sample's premise (a sample's own JSONL prompt replaces the task's): refused
-    before the model loads, naming the file."""
-    if not spec.model.add_caption:
+    before the model loads, naming the file (a sweep's and a fine-tuning run's)."""
+    if not model.add_caption:
         return
     missing = [s for s in samples if not s.premise and not s.prompt]
     if missing:
-        source = spec.data.annotations or f"the {spec.data.dataset} data"
+        source = data.annotations or f"the {data.dataset} data"
         raise SpecError(f"model.add_caption: {len(missing)} of {len(samples)} samples of {source} have no premise "
-                        f"(first: {missing[0].sample_id}; SNLI-VE's sentence1, a JSONL 'premise'); use data that "
-                        "carries it, or remove add_caption")
+                        f"(first: {missing[0].sample_id}; SNLI-VE's sentence1, its TSV's caption column, a JSONL "
+                        "'premise'); use data that carries it, or remove add_caption")
 
 
 def prepare_batches(engine: Engine, samples: list[Sample], size: int, device: torch.device) -> list[Any]:

@@ -6,7 +6,10 @@ predicts the target (the authors' `MuE_Task_Loss`). Data come from the same [dat
 Gradient accumulation and mixed precision (bf16/fp16 autocast, a grad scaler for fp16) are there for
 real sizes on a GPU; checkpoints are written as safetensors folders (`save_pretrained` for transformers models,
 tokenizer or processor included), so `model.checkpoint = "<out dir>"` in a sweep spec loads them. A family
-takes part by giving its adapter `target_ids`, `decoder_states` and `save` (models/hf/base.py, models/ofa).
+takes part by giving its adapter `target_ids`, `teacher_forced` and `save` (models/hf/base.py, models/ofa). OFA
+entailment trains on the prompt it is evaluated on (`model.add_caption`, `model.prompt_type`): the decoder reads
+the same prompt a ranking pass scores after, and the loss is on the answer and </s> only, as the authors'
+MuE_Task_Loss reads their targets (padding elsewhere).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mue_bench.errors import MueBenchError
-from mue_bench.spec import DataSpec, ModelSpec
+from mue_bench.spec import DataSpec, ModelSpec, check_ofa_prompt
 from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
 
 
@@ -46,6 +49,11 @@ class FinetuneConfig(BaseModel):
     seed: int = 0
     log_every: int = Field(default=50, ge=1)
 
+    @model_validator(mode="after")
+    def _ofa_prompt_settings(self) -> FinetuneConfig:
+        check_ofa_prompt(self.model, self.data)  # prompt_type needs no rank mode here: training reads no search
+        return self
+
     @classmethod
     def from_file(cls, path: Path) -> FinetuneConfig:
         return load_config_file(cls, path)
@@ -55,12 +63,13 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
     # Imported here: reading a recipe should not pay for the model registry and data preparation.
     from mue_bench.data.loaders import check_images
     from mue_bench.models.registry import load_adapter, resolve_device
-    from mue_bench.run.prepare import load_samples
+    from mue_bench.run.prepare import check_premises, load_samples
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     samples = load_samples(cfg.data)
+    check_premises(cfg.model, cfg.data, samples)
     check_images(samples)
     if cfg.model.family == "mue-tiny":
         raise MueBenchError("model.family \"mue-tiny\" is trained with a recipe whose trainer is \"mue-tiny\" "
@@ -75,8 +84,9 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
         batch = adapter.prepare(chosen).to(device)
         labels = adapter.target_ids([target_text(s, rng) for s in chosen], cfg.max_target_len).to(device)
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-            return layer_losses(adapter.logprobs, adapter.decoder_states(batch, labels), labels, adapter.pad_id,
-                                cfg.loss, cfg.loss_weighting, cfg.label_smoothing)
+            states, targets = adapter.teacher_forced(batch, labels)
+            return layer_losses(adapter.logprobs, states, targets, adapter.pad_id, cfg.loss, cfg.loss_weighting,
+                                cfg.label_smoothing)
 
     summary = optimise(adapter.model, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        schedule=lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)), batch_losses=batch_losses,

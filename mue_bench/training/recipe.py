@@ -31,7 +31,8 @@ CONFIGS: dict[str, type[TrainConfig] | type[FinetuneConfig]] = {"mue-tiny": Trai
 # The settings of each trainer that name files or folders: (table, key), table None for the top level.
 PATHS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "mue-tiny": ((None, "data_root"),),
-    "finetune": (("data", "annotations"), ("data", "images"), ("data", "root"), ("model", "checkpoint")),
+    "finetune": (("data", "annotations"), ("data", "images"), ("data", "root"), ("data", "references"),
+                 ("model", "checkpoint")),
 }
 PATHS["transformers"] = PATHS["finetune"]
 # Settings that may name a file or something else (a checkpoint is a folder, a hub id or random:<shape>): taken

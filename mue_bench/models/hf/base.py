@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mue_bench.data.loaders import Sample
+from mue_bench.data.loaders import Sample, open_image
 from mue_bench.errors import MueBenchError, SpecError
 from mue_bench.models.hf import generation
 from mue_bench.mue.adapter import ExitAdapter
@@ -60,11 +60,9 @@ class HFBatch:
 
 
 def load_rgb(samples: list[Sample]) -> list:
-    from PIL import Image
-
     images = []
     for s in samples:
-        with Image.open(s.image) as im:
+        with open_image(s.image) as im:
             images.append(im.convert("RGB"))
     return images
 
@@ -251,6 +249,11 @@ class HFAdapterBase(ExitAdapter):
         """Training targets [B, T]: what the decoder should emit after its start token, ending in EOS,
         right-padded with the pad id."""
         raise NotImplementedError
+
+    def teacher_forced(self, batch: HFBatch, labels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every decoder layer's output under teacher forcing and the targets the loss reads: the labels, as the
+        decoder starts from its start token alone."""
+        return self.decoder_states(batch, labels), labels
 
     def pad_rows(self, rows: list[list[int]]) -> torch.Tensor:
         """[B, max len] ids, right-padded with the pad id."""

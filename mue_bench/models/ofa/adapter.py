@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from mue_bench.data.loaders import Sample
+from mue_bench.data.loaders import Sample, open_image
 from mue_bench.errors import SpecError
 from mue_bench.models.ofa.checkpoint import TASK_FILE
 from mue_bench.models.ofa.config import IMAGE_SIZES, OFAConfig, preset
 from mue_bench.models.ofa.inputs import (
+    MAX_SRC_LENGTH,
     PATCH_IMAGE_SIZE,
     caption_text,
     decoder_prompt,
@@ -31,6 +31,7 @@ from mue_bench.models.ofa.inputs import (
     entailment_text,
     pre_caption,
     preprocess_image,
+    teacher_forcing,
 )
 from mue_bench.models.ofa.model import (
     DecoderPositions,
@@ -122,6 +123,11 @@ class OFAAdapter(ExitAdapter):
         # SNLI-VE as the task's --add-caption and --prompt-type build it (spec model.add_caption, prompt_type)
         self.add_caption = False
         self.prompt_type = "none"
+        self.max_src_length = MAX_SRC_LENGTH  # words kept per SNLI-VE sentence (the checkpoint's task setting)
+        # Token positions the position tables hold: the absolute table (max_position_embeddings + 2 rows, as
+        # fairseq sizes it) and the relative-position buckets, the smaller of the two; past it an index fails.
+        self.text_positions = positions_held(model.encoder)
+        self.decoder_positions = positions_held(model.decoder)
         self._input_flops: dict[tuple, float] = {}
 
     # --- loading ------------------------------------------------------------------------------------
@@ -180,21 +186,30 @@ class OFAAdapter(ExitAdapter):
         task = json.loads(task_file.read_text()) if task_file.is_file() else {}
         size = task.get("patch_image_size") or IMAGE_SIZES.get(str(task.get("arch", "")).removeprefix("ofa_"))
         adapter.image_size = int(size or PATCH_IMAGE_SIZE)
+        adapter.max_src_length = int(task.get("max_src_length") or MAX_SRC_LENGTH)
         return adapter
 
     # --- training (training/finetune.py) -------------------------------------------------------------
     def target_ids(self, texts: list[str], max_len: int) -> torch.Tensor:
-        """What the decoder learns to emit after <s>: BPE(" " + cleaned text) + </s> (caption_dataset.py:128-
-        131), cut to `max_len`, right-padded with <pad>."""
+        """What the decoder learns to emit after its prompt: BPE(" " + cleaned text) + </s> (caption_dataset.py:
+        128-131, snli_ve_dataset.py:153), cut to `max_len`, right-padded with <pad>."""
         rows = [[*self._words(" " + pre_caption(t))[: max_len - 1], self.eos_id] for t in texts]
         width = max(len(r) for r in rows)
         return torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
-    def decoder_states(self, batch: OFABatch, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Every decoder layer's output [B, T, D] under teacher forcing: <s>, then the labels shifted right."""
-        dec_in = torch.cat([torch.full_like(labels[:, :1], self.bos_id), labels[:, :-1]], 1)
+    def teacher_forced(self, batch: OFABatch, labels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every decoder layer's output [B, T, D] over [decoder prompt; answer] and the targets [B, T] the loss
+        reads (inputs.teacher_forcing): the prompt is `decoder_prompts`, the one a ranking pass scores after, so
+        a model is trained on the prompt it is evaluated on (<s> alone for prompt_type "none")."""
+        answers = [row[: row.index(self.eos_id)] for row in labels.tolist()]
+        dec_in, targets = teacher_forcing(self.decoder_prompts(batch), answers)
+        if dec_in.shape[1] > self.decoder_positions:
+            raise SpecError(f"a training row is {dec_in.shape[1]} decoder positions ([decoder prompt; target]), over "
+                            f"the {self.decoder_positions} of this checkpoint's position table; lower max_target_len "
+                            "or shorten the data's text")
+        dec_in, targets = dec_in.to(batch.ids.device), targets.to(batch.ids.device)
         enc_out, enc_mask, src_pos = self.model.encode(self._pixels(batch), batch.ids, batch.mask)
-        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos)
+        return self.model.decoder_states(dec_in, enc_out, enc_mask, src_pos), targets
 
     def save(self, out: Path) -> None:
         """A folder `OFAAdapter.load` reads: safetensors (each tied tensor once), config, tokenizer, resolution."""
@@ -216,14 +231,33 @@ class OFAAdapter(ExitAdapter):
     def prepare(self, samples: list[Sample]) -> OFABatch:
         """Images and prompts as OFA's caption and SNLI-VE tasks build them (inputs.py); a JSONL sample's own
         prompt replaces the task's."""
+        sources = [self._fitting_source(s) for s in samples]  # before the images: a refusal costs no decoding
         images = []
         for s in samples:
-            with Image.open(s.image) as im:
+            with open_image(s.image) as im:
                 images.append(preprocess_image(im, self.image_size))
-        return collate(images, [self._source(s) for s in samples], self.pad_id)
+        return collate(images, sources, self.pad_id)
 
     def _source(self, sample: Sample) -> list[int]:
         return [self.bos_id, *self._words(sample.prompt or self._task_text(sample)), self.eos_id]
+
+    def _fitting_source(self, sample: Sample) -> list[int]:
+        """The source, refused in one line where the position tables cannot hold it (an index past them fails)."""
+        ids = self._source(sample)
+        if len(ids) > self.text_positions:
+            raise SpecError(f"sample {sample.sample_id}: its OFA source is {len(ids)} tokens, over the "
+                            f"{self.text_positions} text positions of this checkpoint's position table; "
+                            f"{self._source_fix(sample)}")
+        return ids
+
+    def _source_fix(self, sample: Sample) -> str:
+        if sample.prompt:
+            return "shorten the sample's own prompt"
+        if sample.task == "caption":
+            return "the table cannot hold OFA's caption prompt: use a checkpoint with a larger one"
+        sentences = "hypothesis and premise" if self.add_caption else "hypothesis"
+        return (f"its {sentences} are already cut to {self.max_src_length} words each, as OFA's task cuts them "
+                "(max_src_length): shorten them" + (", or remove model.add_caption" if self.add_caption else ""))
 
     def _task_text(self, sample: Sample) -> str:
         if sample.task == "caption":
@@ -231,7 +265,7 @@ class OFAAdapter(ExitAdapter):
         if self.add_caption and not sample.premise:
             raise SpecError(f"model.add_caption: sample {sample.sample_id} has no premise (SNLI-VE's sentence1); "
                             "use data that carries it, or remove add_caption")
-        return entailment_text(sample.hypothesis, sample.premise if self.add_caption else None)
+        return entailment_text(sample.hypothesis, sample.premise if self.add_caption else None, self.max_src_length)
 
     def decoder_prompts(self, batch: OFABatch) -> list[list[int]]:
         """Each sample's source as the task turns it into the decoder prompt (`prompt_type`, inputs.py)."""
@@ -260,6 +294,9 @@ class OFAAdapter(ExitAdapter):
 
     def decoding(self, num_beams: int = 1, max_len: int = 16, no_repeat_ngram: int = 0, ignore_eos: bool = False,
                  ) -> DecodingConfig:
+        if max_len > self.decoder_positions:  # step t's token sits at decoder position t
+            raise SpecError(f"decoding.max_len {max_len}: this OFA checkpoint's decoder position table holds "
+                            f"{self.decoder_positions} positions; set max_len <= {self.decoder_positions}")
         return DecodingConfig(self.bos_id, self.eos_id, self.pad_id, num_beams, max_len, no_repeat_ngram,
                               beam_style="ofa", ignore_eos=ignore_eos)
 
@@ -376,6 +413,11 @@ class OFAAdapter(ExitAdapter):
 
     def logprobs(self, h: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.model.decoder.logits(h), -1, dtype=torch.float32)
+
+
+def positions_held(stack: torch.nn.Module) -> int:
+    """How many token positions an encoder's or decoder's position tables can index."""
+    return min(stack.embed_positions.num_embeddings, stack.token_rp_bucket.shape[0])
 
 
 def randomise(model: OFAModel) -> OFAModel:

@@ -94,6 +94,19 @@ def decoder_prompt(source: list[int], prompt_type: str = "none") -> list[int]:
     raise ValueError(f"prompt_type must be none, src or prev_output, got {prompt_type!r}")
 
 
+def teacher_forcing(prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoder input, target), [B, T] each, for learning `answers` (without </s>) after the decoder prompts, as
+    OFA's datasets build them (snli_ve_dataset.py:160-171; caption_dataset.py:128-131 is the <s> prompt): input
+    prompt + answer, target the input shifted left with </s> appended, and <pad> on every position before the one
+    that predicts the answer's first token (`target_item[:-len(tgt_item)-1] = pad`), so the prompt carries no
+    loss. Rows right-padded with <pad>, which carries none either."""
+    inputs = [[*p, *a] for p, a in zip(prompts, answers)]
+    targets = [[PAD] * (len(p) - 1) + [*a, EOS] for p, a in zip(prompts, answers)]
+    width = max(len(r) for r in inputs)
+    return (torch.tensor([r + [PAD] * (width - len(r)) for r in inputs], dtype=torch.long),
+            torch.tensor([r + [PAD] * (width - len(r)) for r in targets], dtype=torch.long))
+
+
 @dataclass(frozen=True)
 class AnswerSet:
     """SNLI-VE's candidates and the decoding constraint: after the decoder prompt, the first answer token

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mue_bench.data.loaders import Sample
+from mue_bench.data.loaders import ImageSource, Sample, open_image
 from mue_bench.models.tiny.tokenizer import WordTokenizer
 
 CAPTION_PROMPT = "what does the image describe ?"
@@ -23,9 +22,9 @@ def prompt(sample: Sample) -> str:
     return f'does the image describe " {sample.hypothesis} " ?'
 
 
-def load_pixels(path: Path, size: int) -> torch.Tensor:
+def load_pixels(path: ImageSource, size: int) -> torch.Tensor:
     """[3, size, size] in [-1, 1]."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BICUBIC)
