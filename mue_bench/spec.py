@@ -379,6 +379,18 @@ class RunSpec(_Strict):
 # RunSpec fields that say where the sweep runs, not what it computes.
 EXECUTOR_FIELDS = {"executor", "address", "workers", "cpus_per_worker", "gpus_per_worker"}
 
+# Context fields that came after results files began recording their context hash: hashed only when set away from
+# their default, so a results file written before a field existed (its points made with that default) resumes.
+# A field added to the model, data or decoding sections belongs here unless its default changes what is computed.
+LATER_CONTEXT_FIELDS = {"model": {"add_caption", "prompt_type"}, "data": {"columns", "references"},
+                        "decoding": {"mode"}}
+
+
+def _context_part(section: str, part: BaseModel) -> dict:
+    later = LATER_CONTEXT_FIELDS.get(section, set())
+    fields = type(part).model_fields
+    return {k: v for k, v in part.model_dump().items() if k not in later or v != fields[k].get_default()}
+
 
 class OutputSpec(_Strict):
     dir: str = "results"
@@ -539,8 +551,8 @@ class SweepSpec(_Strict):
     # --- identity ---------------------------------------------------------------------------------
     def context_hash(self) -> str:
         """What makes two points' results comparable: model, data, decoding, batch, dtype, seed."""
-        ctx = {"model": self.model.model_dump(), "data": self.data.model_dump(),
-               "decoding": self.decoding.model_dump(), "run": self.run.model_dump(exclude={"device"} | EXECUTOR_FIELDS)}
+        ctx = {name: _context_part(name, getattr(self, name)) for name in ("model", "data", "decoding")}
+        ctx["run"] = self.run.model_dump(exclude={"device"} | EXECUTOR_FIELDS)
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 
     def spec_hash(self) -> str:

@@ -45,3 +45,35 @@ def test_distinct_settings_that_would_share_an_id_are_refused_naming_both(monkey
         _spec(tau_dec=[0.991, 0.992]).points()
     message = str(err.value)
     assert "\n" not in message and "0.991" in message and "0.992" in message
+
+
+# Context hashes of shipped specs as results files recorded them before the LATER_CONTEXT_FIELDS existed.
+RECORDED_CONTEXT = {"demo.toml": "76b887efee1205a3", "ci.toml": "2285a3f6ba24936e",
+                    "florence2-coco.toml": "2dca66c885cccba1", "t5gemma2-coco.toml": "84b768466d9d2432"}
+
+
+@pytest.mark.parametrize(("name", "recorded"), RECORDED_CONTEXT.items())
+def test_a_results_file_from_before_a_later_field_still_matches_its_spec(name, recorded):
+    from pathlib import Path
+
+    from mue_bench.spec import load_spec
+
+    assert load_spec(Path("sweeps") / name).context_hash() == recorded
+
+
+AWAY_FROM_DEFAULT = {"add_caption": True, "prompt_type": "prev_output", "columns": (1, 2), "references": "refs.json",
+                     "mode": "rank"}
+
+
+def test_a_later_field_set_away_from_its_default_changes_the_context():
+    from pathlib import Path
+
+    from mue_bench.spec import LATER_CONTEXT_FIELDS, load_spec
+
+    spec = load_spec(Path("sweeps/demo.toml"))
+    for section, names in LATER_CONTEXT_FIELDS.items():
+        part = getattr(spec, section)
+        for name in names:
+            assert name in type(part).model_fields, f"{section}.{name} is no field"
+            other = spec.model_copy(update={section: part.model_copy(update={name: AWAY_FROM_DEFAULT[name]})})
+            assert other.context_hash() != spec.context_hash(), f"{section}.{name}"
