@@ -230,11 +230,17 @@ class DecodingSpec(_Strict):
     @field_validator("answers")
     @classmethod
     def _answers_distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not a.strip() for a in v):
-            raise ValueError("an answer is empty; list the words the decoder may emit, e.g. [\"yes\", \"no\"]")
-        if len(set(v)) != len(v):
-            raise ValueError(f"answers repeat: {list(v)}; list each once")
-        return v
+        return check_answers(v)
+
+
+def check_answers(v: tuple[str, ...]) -> tuple[str, ...]:
+    """A closed answer set (decoding.answers, a fine-tuning config's answers): each non-empty, each once (a
+    ValueError, for the validators)."""
+    if any(not a.strip() for a in v):
+        raise ValueError("an answer is empty; list the words the decoder may emit, e.g. [\"yes\", \"no\"]")
+    if len(set(v)) != len(v):
+        raise ValueError(f"answers repeat: {list(v)}; list each once")
+    return v
 
 
 # More thresholds than this in one range is a typo in `step` (a grid of them would never finish).

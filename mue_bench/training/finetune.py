@@ -9,7 +9,8 @@ tokenizer or processor included), so `model.checkpoint = "<out dir>"` in a sweep
 takes part by giving its adapter `target_ids`, `teacher_forced` and `save` (models/hf/base.py, models/ofa). OFA
 entailment trains on the prompt it is evaluated on (`model.add_caption`, `model.prompt_type`): the decoder reads
 the same prompt a ranking pass scores after, and the loss is on the answer and </s> only, as the authors'
-MuE_Task_Loss reads their targets (padding elsewhere).
+MuE_Task_Loss reads their targets (padding elsewhere). With `answers` (SNLI-VE's no / yes / maybe), the logits
+there are restricted to the answer trie, as the authors' dataset and criterion restrict them (training/loop.py).
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mue_bench.errors import MueBenchError
-from mue_bench.spec import DataSpec, ModelSpec, check_ofa_prompt
+from mue_bench.errors import MueBenchError, SpecError
+from mue_bench.spec import DataSpec, ModelSpec, check_answers, check_ofa_prompt
 from mue_bench.training.loop import layer_losses, load_config_file, optimise, target_text
+
+if TYPE_CHECKING:
+    from mue_bench.data.loaders import Sample
+    from mue_bench.models.ofa.adapter import OFAAdapter
 
 
 class FinetuneConfig(BaseModel):
@@ -48,10 +53,33 @@ class FinetuneConfig(BaseModel):
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(default=50, ge=1)
+    # The closed answer set the loss restricts the logits to at the answer and </s> positions (the answer trie,
+    # as a sweep's decoding.answers restricts decoding): the authors' SNLI-VE training, ["no", "yes", "maybe"].
+    # Empty: the loss is over the whole vocabulary.
+    answers: tuple[str, ...] = ()
+
+    @field_validator("answers")
+    @classmethod
+    def _answers_distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_answers(v)
 
     @model_validator(mode="after")
     def _ofa_prompt_settings(self) -> FinetuneConfig:
         check_ofa_prompt(self.model, self.data)  # prompt_type needs no rank mode here: training reads no search
+        return self
+
+    @model_validator(mode="after")
+    def _answers_are_ofa_entailment(self) -> FinetuneConfig:
+        """The trie masks the authors' OFA SNLI-VE loss (their snli_ve task builds it); a caption has no closed
+        set, and the other families' targets are not laid out as OFA's answer + </s>."""
+        if not self.answers:
+            return self
+        if self.model.family != "ofa":
+            raise ValueError(f"answers restricts OFA's entailment loss to the answer trie; {self.model.family} "
+                             "has none: remove answers")
+        if self.data.task != "entailment":
+            raise ValueError(f"answers is a closed answer set for data.task = \"entailment\"; \"{self.data.task}\" "
+                             "targets are free text: remove answers")
         return self
 
     @classmethod
@@ -79,6 +107,8 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
     amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.precision, torch.float32)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "float16")
 
+    answers = answer_trie(adapter, cfg, samples)
+
     def batch_losses() -> torch.Tensor:
         chosen = [samples[i] for i in rng.integers(len(samples), size=cfg.batch_size)]
         batch = adapter.prepare(chosen).to(device)
@@ -86,7 +116,7 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
         with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
             states, targets = adapter.teacher_forced(batch, labels)
             return layer_losses(adapter.logprobs, states, targets, adapter.pad_id, cfg.loss, cfg.loss_weighting,
-                                cfg.label_smoothing)
+                                cfg.label_smoothing, answers)
 
     summary = optimise(adapter.model, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        schedule=lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)), batch_losses=batch_losses,
@@ -96,3 +126,21 @@ def finetune(cfg: FinetuneConfig, out: Path | None, log: Callable[[str], None] =
         (out / "mue_finetune_config.json").write_text(cfg.model_dump_json(indent=2))
         (out / "mue_finetune_summary.json").write_text(json.dumps(summary, indent=2))
     return {"adapter": adapter, **summary}
+
+
+def answer_trie(adapter: OFAAdapter, cfg: FinetuneConfig, samples: list[Sample]) -> tuple[tuple[int, ...], ...]:
+    """`cfg.answers` as token ids ending with </s> (the ids a ranking pass scores), checked before any training:
+    every sample's target must be one of them, or its loss under the trie would be infinite."""
+    if not cfg.answers:
+        return ()
+    if getattr(adapter, "tokenizer", None) is None:
+        raise SpecError("answers: this OFA checkpoint has no tokenizer (vocab.json, merges.txt) to spell the answers "
+                        "with; convert it with --tokenizer, or remove answers")
+    answers = tuple(adapter.answer_ids(a) for a in cfg.answers)
+    eos = adapter.eos_id
+    for label in sorted({target_text(s) for s in samples}):
+        ids = adapter.target_ids([label], cfg.max_target_len)[0].tolist()
+        if tuple(ids[: ids.index(eos) + 1]) not in answers:
+            raise SpecError(f"answers {list(cfg.answers)}: the data's label {label!r} is not one of them; list it "
+                            "in answers, or remove answers")
+    return answers

@@ -7,6 +7,12 @@ output and sums the cross-entropies; `loss="final"` trains the usual way, as a c
 built-in model and a fine-tuned transformers model are trained by the same definition, and a change to it
 reaches both. A family supplies only what differs: how it draws a batch and runs its decoder, its learning
 rate schedule, and how it saves.
+
+With a closed answer set (OFA's SNLI-VE), the authors' loss sees only the answer trie at the answer and </s>
+positions: their dataset builds a `constraint_mask` from the trie (data/mm_data/snli_ve_dataset.py:186-193) and
+their criterion fills every other logit with -inf before the log-softmax and smooths over the allowed tokens only
+(criterions/label_smoothed_cross_entropy.py:91-101, 223-225), for each decoder layer (MuE_Task_Loss, 381-408).
+`layer_losses(..., answers=...)` is that loss; the trie is the one a ranking pass scores with (mue.rank).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ValidationError
 
 from mue_bench.data.loaders import Sample
-from mue_bench.errors import SpecError
+from mue_bench.errors import MueBenchError, SpecError
+from mue_bench.mue.rank import allowed_next
 from mue_bench.spec import describe_validation_error
 
 Config = TypeVar("Config", bound=BaseModel)
@@ -54,15 +61,23 @@ def target_text(sample: Sample, rng: np.random.Generator | None = None) -> str:
 
 def layer_losses(head: Callable[[torch.Tensor], torch.Tensor], states: list[torch.Tensor], targets: torch.Tensor,
                  pad_id: int, which: str = "layerwise", weighting: str = "token", label_smoothing: float = 0.0,
-                 ) -> torch.Tensor:
+                 answers: tuple[tuple[int, ...], ...] = ()) -> torch.Tensor:
     """Cross-entropy of each decoder layer's output through `head`; [layers] ("final": the last layer only).
 
     `head` maps a state [batch, time, d] to per-token scores [batch, time, vocab], logits or log-probs alike:
     cross-entropy renormalises, and log-probs are already normalised, so both give the same loss.
     "token" averages over every target token of the batch (captions, ~10 tokens, outweigh a 1-token label);
     "sample" averages within each sample first, so each task weighs its share of the batch. `label_smoothing`
-    as fairseq's label-smoothed cross-entropy, which OFA and the authors' MuE loss train with (0.1)."""
+    as fairseq's label-smoothed cross-entropy, which OFA and the authors' MuE loss train with (0.1).
+
+    With `answers` (token ids, each ending with EOS), every target token must lie on their trie, and the loss is
+    the authors' under its constraint mask (`trie_losses`); `head` then sees the scored states only, [P, d]."""
     chosen = states if which == "layerwise" else states[-1:]
+    if answers:
+        scored = targets != pad_id
+        allowed = trie_allowed(targets, answers, pad_id)
+        return torch.stack([_reduce(trie_losses(head(h[scored]), targets[scored], allowed, label_smoothing),
+                                    scored, weighting) for h in chosen])
     real = (targets != pad_id).float()
     losses = []
     for h in chosen:
@@ -73,6 +88,54 @@ def layer_losses(head: Callable[[torch.Tensor], torch.Tensor], states: list[torc
         else:
             losses.append((ce * real).sum() / real.sum())
     return torch.stack(losses)
+
+
+def trie_allowed(targets: torch.Tensor, answers: tuple[tuple[int, ...], ...], pad_id: int) -> list[list[int]]:
+    """For each scored target position (row-major, as `targets[targets != pad_id]`), the tokens the answer trie
+    allows after the row's earlier targets: the dataset's `constraint_mask` rows (snli_ve_dataset.py:186-193,
+    prefix = the target tokens from the answer's first position on). A target off the trie is refused: its
+    log-prob under the mask is -inf."""
+    allowed: list[list[int]] = []
+    for row in targets.tolist():
+        prefix: tuple[int, ...] = ()
+        for token in (t for t in row if t != pad_id):
+            ids = allowed_next(answers, prefix)
+            if token not in ids:
+                raise MueBenchError(f"a training target {[t for t in row if t != pad_id]} is not one of the answers' "
+                                    f"token sequences {[list(a) for a in answers]}; train on those answers only, "
+                                    "or remove answers")
+            allowed.append(ids)
+            prefix = (*prefix, token)
+    return allowed
+
+
+def trie_losses(scores: torch.Tensor, targets: torch.Tensor, allowed: list[list[int]],
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """[P] losses of scores [P, vocab] (logits or log-probs) against targets [P] with only `allowed[p]` possible
+    at position p, as the authors' criterion computes it: the other logits filled with -inf before the
+    log-softmax (label_smoothed_cross_entropy.py:223-229), so the cross-entropy is over the allowed tokens only,
+    and the smoothing mass spread over the allowed tokens other than the target, eps_i = eps / (allowed - 1 +
+    1e-6) (label_smoothed_nll_loss, lines 90-101). A position with one allowed token (</s> after an answer) is
+    forced: its log-prob is 0, and so is its loss, with or without smoothing."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for p, ids in enumerate(allowed):
+        keep[p, ids] = True
+    lprobs = F.log_softmax(scores.float().masked_fill(~keep, float("-inf")), -1)
+    nll = -lprobs.gather(1, targets[:, None]).squeeze(1)
+    if label_smoothing == 0.0:
+        return nll  # (1 - 0 - 0) * nll + 0 * smooth, without the arithmetic
+    smooth = -lprobs.masked_fill(~keep, 0.0).sum(-1)
+    eps_i = label_smoothing / (keep.sum(-1) - 1 + 1e-6)
+    return (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
+
+
+def _reduce(losses: torch.Tensor, scored: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The per-position losses [P] of the scored positions (`scored` [B, T]) averaged as `layer_losses` does."""
+    if weighting != "sample":
+        return losses.mean()
+    rows = scored.nonzero()[:, 0]
+    per_row = torch.zeros(scored.shape[0], device=losses.device).index_add_(0, rows, losses)
+    return (per_row / scored.sum(1).clamp(min=1)).mean()
 
 
 def optimise(model: torch.nn.Module, *, steps: int, lr: float, weight_decay: float,
