@@ -46,5 +46,8 @@ def test_the_ofa_recipes_take_checkpoint_and_data_from_the_recipes_folder(name, 
     assert trainer == "finetune" and cfg.loss == "layerwise" and cfg.label_smoothing == (0.0 if "snli" in name else 0.1)
     if "snli" in name:
         assert cfg.model.add_caption and cfg.model.prompt_type == "prev_output" and cfg.data.dataset == "snli-ve-tsv"
+        assert cfg.answers == ("no", "yes", "maybe")  # the loss sees the answer trie, as the authors' criterion
+    else:
+        assert cfg.answers == ()
     assert (work / cfg.model.checkpoint).resolve() == folder
     assert (work / cfg.data.annotations).resolve().parent.parent == tmp_path / "data"
