@@ -204,9 +204,10 @@ def test_a_target_off_the_answer_trie_is_refused():
         trie_allowed(torch.tensor([[1, 8, 2]]), answers, pad_id=1)
 
 
-def test_without_answers_the_loss_is_unchanged_bit_for_bit():
-    """No `answers` (the default): every layer's loss is exactly the whole-vocabulary cross-entropy it was, with
-    torch's label smoothing, averaged per token or per sample."""
+def test_without_answers_the_loss_is_the_whole_vocabularys_smoothed_cross_entropy():
+    """No `answers` (the default): every layer's loss is the whole-vocabulary cross-entropy, smoothed as fairseq's
+    label_smoothed_nll_loss (eps_i = eps / (V - 1) on every token, 1 - eps - eps_i on the target), averaged per
+    token or per sample; with no smoothing exactly torch's cross-entropy."""
     torch.manual_seed(0)
     head = torch.randn(8, 50)
     states = [torch.randn(3, 7, 8) for _ in range(4)]
@@ -214,13 +215,19 @@ def test_without_answers_the_loss_is_unchanged_bit_for_bit():
     targets[0, :3], targets[2, 5:] = PAD, PAD
     real = (targets != PAD).float()
     for eps in (0.0, 0.1):
-        ce = [F.cross_entropy((h @ head).transpose(1, 2), targets, ignore_index=PAD, reduction="none",
-                              label_smoothing=eps) for h in states]
-        assert torch.equal(layer_losses(lambda h: h @ head, states, targets, PAD, label_smoothing=eps),
-                           torch.stack([(c * real).sum() / real.sum() for c in ce]))
-        assert torch.equal(layer_losses(lambda h: h @ head, states, targets, PAD, weighting="sample",
-                                        label_smoothing=eps),
-                           torch.stack([((c * real).sum(1) / real.sum(1).clamp(min=1)).mean() for c in ce]))
+        ce = []
+        for h in states:
+            lprobs = F.log_softmax(h @ head, -1)
+            nll = -lprobs.gather(-1, targets[..., None]).squeeze(-1)
+            ce.append((1 - eps - eps / 49) * nll + eps / 49 * -lprobs.sum(-1))
+            if eps == 0.0:
+                assert torch.allclose(ce[-1] * real, F.cross_entropy((h @ head).transpose(1, 2), targets,
+                                                                     ignore_index=PAD, reduction="none"))
+        assert torch.allclose(layer_losses(lambda h: h @ head, states, targets, PAD, label_smoothing=eps),
+                              torch.stack([(c * real).sum() / real.sum() for c in ce]))
+        assert torch.allclose(layer_losses(lambda h: h @ head, states, targets, PAD, weighting="sample",
+                                           label_smoothing=eps),
+                              torch.stack([((c * real).sum(1) / real.sum(1).clamp(min=1)).mean() for c in ce]))
     assert FinetuneConfig.model_fields["answers"].default == ()
 
 

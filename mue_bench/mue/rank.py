@@ -45,7 +45,7 @@ from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.cost import encoder_flops, ranking_flops
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Engine, SampleExits, encode
-from mue_bench.mue.search import DecodingConfig
+from mue_bench.mue.search import DecodingConfig, allowed_next
 from mue_bench.mue.similarity import batch_similarity, stream_similarity
 from mue_bench.mue.sync import ExitSync
 
@@ -79,12 +79,6 @@ def candidates(prompts: list[list[int]], answers: tuple[tuple[int, ...], ...], p
         tokens[r, : len(s)], mask[r, : len(s)] = torch.tensor(s, dtype=torch.long), True
     starts = [len(p) - 1 for p in prompts for _ in answers]
     return Candidates(tokens.to(device), mask.to(device), starts, answers)
-
-
-def allowed_next(answers: tuple[tuple[int, ...], ...], prefix: tuple[int, ...]) -> list[int]:
-    """The answer trie: the tokens that continue `prefix` (answer tokens so far) towards some answer."""
-    n = len(prefix)
-    return sorted({a[n] for a in answers if len(a) > n and a[:n] == prefix})
 
 
 @dataclass

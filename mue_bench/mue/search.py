@@ -8,7 +8,7 @@ alone. Rows are laid out sample-major: row = sample * num_beams + beam.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -92,17 +92,18 @@ def _ban_repeats(logprobs: torch.Tensor, seqs: list[list[int]], n: int, rows: li
             logprobs[r, banned] = float("-inf")
 
 
-def _allowed_next(answers: tuple[tuple[int, ...], ...], generated: list[int]) -> list[int]:
-    """The tokens that continue `generated` towards one of the answers (none once it left them all)."""
-    n = len(generated)
-    return sorted({a[n] for a in answers if len(a) > n and list(a[:n]) == generated})
+def allowed_next(answers: tuple[tuple[int, ...], ...], prefix: Sequence[int]) -> list[int]:
+    """The answer trie: the tokens that continue `prefix` (answer tokens so far) towards one of the answers (none
+    once it left them all)."""
+    n, prefix = len(prefix), tuple(prefix)
+    return sorted({a[n] for a in answers if len(a) > n and a[:n] == prefix})
 
 
 def _keep_answers(logprobs: torch.Tensor, seqs: list[list[int]], answers: tuple[tuple[int, ...], ...],
                   rows: list[int]) -> None:
     """Mask every token off the answer trie and renormalise, which equals a softmax over the allowed logits."""
     for r in rows:
-        allowed = _allowed_next(answers, seqs[r][1:])
+        allowed = allowed_next(answers, seqs[r][1:])
         keep = torch.full_like(logprobs[r], float("-inf"))
         if allowed:
             keep[allowed] = logprobs[r, allowed]

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.mue.rank import allowed_next
+from mue_bench.mue.search import allowed_next
 from mue_bench.spec import describe_validation_error
 
 Config = TypeVar("Config", bound=BaseModel)
@@ -68,7 +68,7 @@ def layer_losses(head: Callable[[torch.Tensor], torch.Tensor], states: list[torc
     cross-entropy renormalises, and log-probs are already normalised, so both give the same loss.
     "token" averages over every target token of the batch (captions, ~10 tokens, outweigh a 1-token label);
     "sample" averages within each sample first, so each task weighs its share of the batch. `label_smoothing`
-    as fairseq's label-smoothed cross-entropy, which OFA and the authors' MuE loss train with (0.1).
+    as fairseq's label-smoothed cross-entropy (`smoothed_nll`), which OFA and the authors' MuE loss train with.
 
     With `answers` (token ids, each ending with EOS), every target token must lie on their trie, and the loss is
     the authors' under its constraint mask (`trie_losses`); `head` then sees the scored states only, [P, d]."""
@@ -81,13 +81,26 @@ def layer_losses(head: Callable[[torch.Tensor], torch.Tensor], states: list[torc
     real = (targets != pad_id).float()
     losses = []
     for h in chosen:
-        ce = F.cross_entropy(head(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none",
-                             label_smoothing=label_smoothing)
+        if label_smoothing:
+            ce = smoothed_nll(head(h), targets, label_smoothing)
+        else:
+            ce = F.cross_entropy(head(h).transpose(1, 2), targets, ignore_index=pad_id, reduction="none")
         if weighting == "sample":
             losses.append(((ce * real).sum(1) / real.sum(1).clamp(min=1)).mean())
         else:
             losses.append((ce * real).sum() / real.sum())
     return torch.stack(losses)
+
+
+def smoothed_nll(scores: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-position label-smoothed losses of scores [..., vocab] against targets [...], as fairseq's and the
+    authors' `label_smoothed_nll_loss` (criterions/label_smoothed_cross_entropy.py:88-101, no constraint): the
+    smoothing mass eps_i = eps / (vocab - 1) on every token, (1 - eps - eps_i) on the target's nll. (torch's
+    `label_smoothing` spreads eps / vocab instead.) Padding positions are the caller's to mask."""
+    lprobs = F.log_softmax(scores.float(), -1)
+    nll = -lprobs.gather(-1, targets[..., None]).squeeze(-1)
+    eps_i = eps / (scores.shape[-1] - 1)
+    return (1.0 - eps - eps_i) * nll + eps_i * -lprobs.sum(-1)
 
 
 def trie_allowed(targets: torch.Tensor, answers: tuple[tuple[int, ...], ...], pad_id: int) -> list[list[int]]:
