@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,17 +64,24 @@ def test_teacher_forcing_puts_the_loss_on_the_answer_and_eos_only():
     assert targets.tolist() == [[PAD, PAD, PAD, 9, EOS], [11, 12, EOS, PAD, PAD]]
 
 
-def test_prev_output_fine_tuning_trains_the_ranked_prompt_and_reloads_to_rank_the_same(tmp_path, shapes_root,
-                                                                                      bpe_dir):  # noqa: F811
-    """The authors' SNLI-VE run (--add-caption --prompt-type=prev_output) on OFA's TSV: every layer's loss falls,
-    the prompt's positions carry none, and the saved checkpoint ranks as the trained model does."""
-    _folder(tmp_path / "ofa-start", bpe_dir)
+def _prev_output_recipe(tmp_path, shapes_root, bpe: Path, **stage) -> tuple[Path, Path]:
+    """A one-stage recipe of the authors' SNLI-VE run (add_caption, prev_output) on a TSV, from a tiny OFA; and
+    the TSV."""
+    _folder(tmp_path / "ofa-start", bpe)
     tsv, _ = _snli_tsv(tmp_path, shapes_root)
     recipe = tmp_path / "snli.json"
     model = {"family": "ofa", "checkpoint": "ofa-start", "add_caption": True, "prompt_type": "prev_output"}
     recipe.write_text(json.dumps({"trainer": "finetune", "stages": [{
         "model": model, "data": {"dataset": "snli-ve-tsv", "task": "entailment", "annotations": tsv.name},
-        "steps": 25, "batch_size": 4, "lr": 3e-3, "warmup": 0, "device": "cpu", "log_every": 100}]}))
+        "batch_size": 4, "lr": 3e-3, "warmup": 0, "device": "cpu", "log_every": 100, **stage}]}))
+    return recipe, tsv
+
+
+def test_prev_output_fine_tuning_trains_the_ranked_prompt_and_reloads_to_rank_the_same(tmp_path, shapes_root,
+                                                                                      bpe_dir):  # noqa: F811
+    """The authors' SNLI-VE run (--add-caption --prompt-type=prev_output) on OFA's TSV: every layer's loss falls,
+    the prompt's positions carry none, and the saved checkpoint ranks as the trained model does."""
+    recipe, tsv = _prev_output_recipe(tmp_path, shapes_root, bpe_dir, steps=25)
     out = tmp_path / "ofa-snli-mue"
     result = run_recipe(recipe, out, log=lambda _: None)
     first, last = result["loss_per_layer_first"], result["loss_per_layer_last"]
@@ -232,14 +240,8 @@ def test_without_answers_the_loss_is_the_whole_vocabularys_smoothed_cross_entrop
 
 
 def test_a_few_steps_with_answers_still_lower_every_layers_loss(tmp_path, shapes_root, bpe_dir):  # noqa: F811
-    _folder(tmp_path / "ofa-start", bpe_dir)
-    tsv, _ = _snli_tsv(tmp_path, shapes_root)
-    recipe = tmp_path / "snli.json"
-    model = {"family": "ofa", "checkpoint": "ofa-start", "add_caption": True, "prompt_type": "prev_output"}
-    recipe.write_text(json.dumps({"trainer": "finetune", "stages": [{
-        "model": model, "data": {"dataset": "snli-ve-tsv", "task": "entailment", "annotations": tsv.name},
-        "answers": list(OFA_ANSWERS), "label_smoothing": 0.1, "steps": 15, "batch_size": 4, "lr": 3e-3,
-        "warmup": 0, "device": "cpu", "log_every": 100}]}))
+    recipe, _ = _prev_output_recipe(tmp_path, shapes_root, bpe_dir, steps=15, answers=list(OFA_ANSWERS),
+                                    label_smoothing=0.1)
     result = run_recipe(recipe, None, log=lambda _: None)
     first, last = result["loss_per_layer_first"], result["loss_per_layer_last"]
     assert len(first) == 4 and all(b < a for a, b in zip(first, last)), (first, last)
