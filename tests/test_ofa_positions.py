@@ -1,5 +1,5 @@
 """A prompt longer than OFA's position tables is refused before any model work, in one line naming the sample,
-its length and the limit (it used to fail mid-run with a raw IndexError); SNLI-VE's sentences are first cut to
+its length and the limit, not as an IndexError mid-run; SNLI-VE's sentences are first cut to
 max_src_length words, as OFA's task cuts them."""
 
 from __future__ import annotations
