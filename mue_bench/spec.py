@@ -359,7 +359,9 @@ class TimingSpec(_Strict):
     # Time only the first `batches` batches of every point (run in full, as deployed, and paired); evaluate the
     # other samples with grid reuse (mue/grid_reuse.py): encoder outputs shared across decoder settings,
     # generations shared by samples that reach the same exits, and a point whose exit decisions a stored run
-    # makes the same way served by that run (certificates). None: every batch is timed, nothing is reused.
+    # makes the same way served by that run (certificates); in rank mode (mue/rank.py RankReuse) the encoder
+    # shared likewise and a stored ranking pass certifying a point's tau_dec. None: every batch is timed, nothing
+    # is reused.
     batches: int | None = Field(default=None, ge=1)
     # How the layer loops learn which rows are still active (mue/sync.py): "eager" reads each layer's exit flags
     # before launching the next (a host sync per layer); "lagged" launches the next layer first and reads them

@@ -135,39 +135,20 @@ def _certifiable_from(old: Hashable, new: Hashable) -> bool:
     return mode == new_mode and scope == new_scope and fixed is None and new_fixed is None
 
 
-class GridReuse:
-    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig, certificates: bool = True):
-        self.adapter, self.decoding, self.certificates = adapter, decoding, certificates
+class SharedEncoder:
+    """Each batch's encoder result under the current encoder setting, computed once and shared by the setting's
+    points; when the setting changes, a batch keeps the result it has where it certifies the new thresholds
+    (`encoder_certified`), else is encoded again. Device tensors of one setting at a time."""
+
+    def __init__(self, adapter: ExitAdapter, certificates: bool = True):
+        self.adapter, self.certificates = adapter, certificates
         self._setting: Hashable = None
         self._encoded: dict[int, tuple[Streams, EncoderResult]] = {}  # batch index -> current setting's
         self._previous: dict[int, tuple[Streams, EncoderResult]] = {}  # the last setting's, until certified or dropped
-        self._decoded: dict[tuple, Decoded] = {}  # exact decoder settings (no certificates, or fixed exits)
-        self._stored: dict[tuple, list[_Stored]] = {}  # per sample (or batch) and encoder exits
-        self._executions = 0  # encoder stream layers + decoder layers per token, summed over samples
-        # what certificates served with no model work: batches' encoder results, samples' generations
-        self.certified = {"encodings": 0, "generations": 0}
+        self.executions = 0  # encoder stream layers run, summed over samples (the owner takes them)
+        self.certified = 0  # batches' encoder results a certificate served with no model work
 
-    def take_executions(self) -> int:
-        """Layer executions since the last call (each point's share, for the sweep's cost accounting)."""
-        n, self._executions = self._executions, 0
-        return n
-
-    def evaluate(self, batch_index: int, first_sample: int, batch: Any, cfg: ExitConfig) -> BatchResult:
-        """The batch's per-sample records under `cfg`; `first_sample` is its first sample's index in the
-        dataset (the key under which generations are remembered)."""
-        streams, enc = self._encoder(batch_index, batch, cfg)
-        img, txt = enc.img_layers.tolist(), enc.txt_layers.tolist()
-        if self.certificates and cfg.fixed_exit is None:
-            decoded = self._certified_generations(first_sample, img, txt, enc, cfg)
-        else:
-            decoded = self._exact_generations(first_sample, img, txt, enc, cfg)
-        n_img, n_txt = streams.image.shape[1], streams.text_mask.sum(1).tolist()
-        fixed = self.adapter.input_flops(batch)
-        return BatchResult([sample_exits(self.adapter, cfg, enc, b, n_img, int(n_txt[b]), dec, fixed)
-                            for b, dec in enumerate(decoded)])
-
-    # --- encoder ---------------------------------------------------------------------------------------
-    def _encoder(self, batch_index: int, batch: Any, cfg: ExitConfig) -> tuple[Streams, EncoderResult]:
+    def get(self, batch_index: int, batch: Any, cfg: ExitConfig) -> tuple[Streams, EncoderResult]:
         setting = encoder_setting(cfg)
         if setting != self._setting:
             certifiable = self.certificates and self._setting is not None and _certifiable_from(self._setting, setting)
@@ -177,13 +158,51 @@ class GridReuse:
             kept = self._previous.pop(batch_index, None)
             if kept is not None and encoder_certified(kept[1], cfg):
                 self._encoded[batch_index] = kept
-                self.certified["encodings"] += 1
+                self.certified += 1
             else:
                 del kept  # before encoding again: one encoder result per batch at a time
                 self._encoded[batch_index] = encode(self.adapter, batch, cfg)
                 enc = self._encoded[batch_index][1]
-                self._executions += int((enc.img_layers + enc.txt_layers).sum())
+                self.executions += int((enc.img_layers + enc.txt_layers).sum())
         return self._encoded[batch_index]
+
+    def take_executions(self) -> int:
+        n, self.executions = self.executions, 0
+        return n
+
+
+class GridReuse:
+    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig, certificates: bool = True):
+        self.adapter, self.decoding, self.certificates = adapter, decoding, certificates
+        self._encoders = SharedEncoder(adapter, certificates)
+        self._decoded: dict[tuple, Decoded] = {}  # exact decoder settings (no certificates, or fixed exits)
+        self._stored: dict[tuple, list[_Stored]] = {}  # per sample (or batch) and encoder exits
+        self._executions = 0  # decoder layers per token, summed over samples (the encoder's: self._encoders)
+        self._certified_generations_n = 0  # samples' generations a certificate served with no model work
+
+    @property
+    def certified(self) -> dict[str, int]:
+        """What certificates served with no model work: batches' encoder results, samples' generations."""
+        return {"encodings": self._encoders.certified, "generations": self._certified_generations_n}
+
+    def take_executions(self) -> int:
+        """Layer executions since the last call (each point's share, for the sweep's cost accounting)."""
+        n, self._executions = self._executions + self._encoders.take_executions(), 0
+        return n
+
+    def evaluate(self, batch_index: int, first_sample: int, batch: Any, cfg: ExitConfig) -> BatchResult:
+        """The batch's per-sample records under `cfg`; `first_sample` is its first sample's index in the
+        dataset (the key under which generations are remembered)."""
+        streams, enc = self._encoders.get(batch_index, batch, cfg)
+        img, txt = enc.img_layers.tolist(), enc.txt_layers.tolist()
+        if self.certificates and cfg.fixed_exit is None:
+            decoded = self._certified_generations(first_sample, img, txt, enc, cfg)
+        else:
+            decoded = self._exact_generations(first_sample, img, txt, enc, cfg)
+        n_img, n_txt = streams.image.shape[1], streams.text_mask.sum(1).tolist()
+        fixed = self.adapter.input_flops(batch)
+        return BatchResult([sample_exits(self.adapter, cfg, enc, b, n_img, int(n_txt[b]), dec, fixed)
+                            for b, dec in enumerate(decoded)])
 
     # --- decoder ---------------------------------------------------------------------------------------
     def _decode(self, enc: EncoderResult, rows: list[int], cfg: ExitConfig) -> list[Decoded]:
@@ -224,7 +243,7 @@ class GridReuse:
                 missing.append((key, rows))
             else:
                 found.update(zip(rows, hit.rows))
-                self.certified["generations"] += len(rows)
+                self._certified_generations_n += len(rows)
         if missing:
             rows = [b for _, group in missing for b in group]
             decoded = dict(zip(rows, self._decode(enc, rows, cfg)))

@@ -45,6 +45,7 @@ from mue_bench.mue.config import ExitConfig
 from mue_bench.mue.cost import encoder_flops, ranking_flops
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Engine, SampleExits, encode
+from mue_bench.mue.grid_reuse import SharedEncoder, decoder_setting, stream_certified
 from mue_bench.mue.search import DecodingConfig, allowed_next
 from mue_bench.mue.similarity import batch_similarity, stream_similarity
 from mue_bench.mue.sync import ExitSync
@@ -254,23 +255,64 @@ class RankEngine(Engine):
         return collect_rank(self.adapter, raw, cfg)
 
     def grid_reuse(self) -> RankReuse:
-        return RankReuse(self.adapter, self.decoding)
+        return RankReuse(self.adapter, self.decoding, certificates=self.certificates)
+
+
+def pass_certified(res: PassResult, n_layers: int, tau: float) -> bool:
+    """Whether every decision of a stored pass (every sample's in sample scope, the batch's one decision repeated
+    on every row in batch scope) falls the same way under `tau`: it went on after layers 1..used-1 and exited
+    after layer `used` (unless it used all L), and with head_every_layer the last layer's decision (whether its
+    head ran) is the same. That last decision is one more exit for `stream_certified`: after layer L the pass
+    "exits" where the last layer's similarity fired (its head did not run), else it used all L + 1."""
+    sims = torch.cat([res.sims, res.final_sims[:, None]], 1)
+    full = res.used == n_layers
+    last_fired = full & ~res.final_sims.isnan() & (res.head_layers < n_layers)
+    used = torch.where(full & ~last_fired, n_layers + 1, res.used)
+    return bool(stream_certified(sims, used, tau).all())
 
 
 class RankReuse:
-    """What the runner's grid reuse (`timing.batches`) gets in rank mode: every untimed batch run in full, with no
-    latency. Nothing is shared yet (GridReuse's encoder sharing would carry over: points that differ in their
-    decoder setting only could keep a batch's encoder result); the pass itself is one forward."""
+    """What the runner's grid reuse (`timing.batches`) gets in rank mode, exact (grid_reuse.py's scheme for a
+    pass): a batch's encoder result is shared by the points of its encoder setting (`SharedEncoder`, kept across
+    settings it certifies), and only the ranking pass runs per point; a stored pass of the batch, under the same
+    encoder exits, exit scope and head_every_layer, is a point's result with no model work where every per-layer
+    decision falls the same way under its tau_dec (`pass_certified`). The pass is always of the whole batch, so a
+    result is the one running the point in full gives. Fixed exits (or certificates off) share a pass by exact
+    decoder setting only. Memory: one encoder setting's device tensors, as GridReuse; on the host, one PassResult
+    (a few floats per sample and layer) per pass computed, never one per point."""
 
-    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig):
-        self.adapter, self.decoding = adapter, decoding
-        self._executions = 0
+    def __init__(self, adapter: ExitAdapter, decoding: DecodingConfig, certificates: bool = True):
+        self.adapter, self.decoding, self.certificates = adapter, decoding, certificates
+        self._encoders = SharedEncoder(adapter, certificates)
+        self._passes: dict[tuple, list[PassResult]] = {}  # per batch, encoder exits and scope: the passes run
+        self._executions = 0  # decoder layers per position, summed over samples (the encoder's: self._encoders)
+        self._certified_passes = 0
+
+    @property
+    def certified(self) -> dict[str, int]:
+        """What certificates served with no model work: batches' encoder results, batches' passes."""
+        return {"encodings": self._encoders.certified, "passes": self._certified_passes}
 
     def take_executions(self) -> int:
-        n, self._executions = self._executions, 0
+        n, self._executions = self._executions + self._encoders.take_executions(), 0
         return n
 
     def evaluate(self, batch_index: int, first_sample: int, batch: Any, cfg: ExitConfig) -> BatchResult:
-        result = collect_rank(self.adapter, run_rank(self.adapter, batch, cfg, self.decoding), cfg)
-        self._executions += sum(s.layers_used for s in result.samples)
-        return result
+        streams, enc = self._encoders.get(batch_index, batch, cfg)
+        cand = candidates(self.adapter.decoder_prompts(batch), self.decoding.answers, self.adapter.pad_id,
+                          enc.out.device)
+        exact = not self.certificates or cfg.fixed_exit is not None
+        key = (first_sample, cfg.encoder_mode, tuple(enc.img_layers.tolist()), tuple(enc.txt_layers.tolist()),
+               cfg.exit_scope, cfg.head_every_layer, decoder_setting(cfg) if exact else None)
+        stored = self._passes.setdefault(key, [])
+        n_layers = self.adapter.n_dec_layers
+        result = next((r for r in stored if exact or pass_certified(r, n_layers, cfg.tau_dec)), None)
+        if result is None:
+            res = rank_pass(self.adapter, enc.out, enc.mask, cand, cfg)
+            result = PassResult(*(t.cpu() for t in (res.used, res.sims, res.final_sims, res.head_layers, res.scores)))
+            stored.append(result)
+            lengths = torch.tensor(cand.lengths()).view(-1, cand.per_sample).sum(1)
+            self._executions += int((result.used * lengths).sum())
+        else:
+            self._certified_passes += 1
+        return collect_rank(self.adapter, RankRaw(batch, streams, enc, cand, result), cfg)
