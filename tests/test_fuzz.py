@@ -74,6 +74,22 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 @contextmanager
+def tallied(counts: Counter) -> Iterator[None]:
+    """Within HANG_S, counting a hang or a crash (anything raised but a failed assertion) before it propagates."""
+    try:
+        with time_limit(HANG_S):
+            yield
+    except Hang:
+        counts["hangs"] += 1
+        raise
+    except AssertionError:
+        raise
+    except Exception:
+        counts["crashes"] += 1
+        raise
+
+
+@contextmanager
 def inside(folder: Path) -> Iterator[None]:
     """Run with `folder` as the working directory, so relative paths in a spec land there, if anywhere."""
     before = os.getcwd()
@@ -243,36 +259,27 @@ def test_every_spec_loads_or_is_refused_in_one_line(data):
         folder = Path(tmp)
         path = folder / "spec.toml"
         path.write_bytes(data)
-        try:
-            with time_limit(HANG_S):
-                try:
-                    spec = load_spec(path)
-                    spec.points()
-                    spec.results_path()
-                    counts["loaded"] += 1
-                except SpecError as e:
-                    counts["refused"] += 1
-                    _assert_one_line(str(e), 2, {2})
-                    assert str(path) in str(e), str(e)
-                if zlib.crc32(data) % 100 < EXAMPLES["dry_run"] * 100:  # a sample, whatever hypothesis favours
-                    with inside(folder):
-                        result = runner.invoke(app, ["sweep", str(path), "--dry-run"])
-                    counts[f"dry-run exit {result.exit_code}"] += 1
-                    if not (result.exception is None or isinstance(result.exception, SystemExit)):
-                        counts["crashes"] += 1
-                    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-                    assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
-                    if result.exit_code:
-                        _assert_one_line(result.output, result.exit_code, {2})
-                    assert sorted(p.name for p in folder.iterdir()) == ["spec.toml"]  # a dry run writes nothing
-        except Hang:
-            counts["hangs"] += 1
-            raise
-        except AssertionError:
-            raise
-        except Exception:
-            counts["crashes"] += 1
-            raise
+        with tallied(counts):
+            try:
+                spec = load_spec(path)
+                spec.points()
+                spec.results_path()
+                counts["loaded"] += 1
+            except SpecError as e:
+                counts["refused"] += 1
+                _assert_one_line(str(e), 2, {2})
+                assert str(path) in str(e), str(e)
+            if zlib.crc32(data) % 100 < EXAMPLES["dry_run"] * 100:  # a sample, whatever hypothesis favours
+                with inside(folder):
+                    result = runner.invoke(app, ["sweep", str(path), "--dry-run"])
+                counts[f"dry-run exit {result.exit_code}"] += 1
+                if not (result.exception is None or isinstance(result.exception, SystemExit)):
+                    counts["crashes"] += 1
+                assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+                assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
+                if result.exit_code:
+                    _assert_one_line(result.output, result.exit_code, {2})
+                assert sorted(p.name for p in folder.iterdir()) == ["spec.toml"]  # a dry run writes nothing
 
 
 # --- results files -----------------------------------------------------------------------------------------------
@@ -423,7 +430,7 @@ def test_damaged_results_files_are_read_or_refused_in_one_line(swept, tmp_path_f
                     "baseline": ["check", str(swept), "--baseline", str(path)],
                     "plot": ["plot", str(path), "--out", str(plots)]}
         try:
-            with time_limit(HANG_S):
+            with tallied(counts):
                 for name, args in commands.items():
                     code = _run(name, args)
                     counts[f"{name} exit {code}"] += 1
@@ -431,14 +438,6 @@ def test_damaged_results_files_are_read_or_refused_in_one_line(swept, tmp_path_f
                         assert not report.exists()
                     if name == "plot" and code:
                         assert not plots.exists() or not any(plots.iterdir()), sorted(plots.iterdir())
-        except Hang:
-            counts["hangs"] += 1
-            raise
-        except AssertionError:
-            raise
-        except Exception:
-            counts["crashes"] += 1
-            raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         counts["files"] += 1
