@@ -30,7 +30,7 @@ import torch
 from mue_bench.mue.adapter import ExitAdapter, compacts
 from mue_bench.mue.cache import KV
 from mue_bench.mue.config import ExitConfig, decoder_threshold
-from mue_bench.mue.similarity import batch_similarity, group_similarity
+from mue_bench.mue.similarity import batch_similarity, exit_fires, group_similarity
 from mue_bench.mue.sync import ExitSync, Flags
 
 
@@ -60,9 +60,8 @@ class MuEStepper:
 
     def _fires(self, sim: torch.Tensor, layer: int) -> torch.Tensor:
         fixed = self.cfg.fixed_exit
-        if fixed is not None:
-            return torch.full_like(sim, layer >= fixed[2], dtype=torch.bool)
-        return sim > step_threshold(self.cfg, self.step_index, self.max_len)
+        return exit_fires(sim, step_threshold(self.cfg, self.step_index, self.max_len),
+                          None if fixed is None else fixed[2], layer)
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         adapter, n_layers, every_head = self.adapter, self.adapter.n_dec_layers, self.cfg.head_every_layer

@@ -20,7 +20,7 @@ import torch
 
 from mue_bench.mue.adapter import ExitAdapter, Streams, compacts
 from mue_bench.mue.config import ExitConfig
-from mue_bench.mue.similarity import batch_similarity, stream_similarity
+from mue_bench.mue.similarity import batch_similarity, exit_fires, stream_similarity
 from mue_bench.mue.sync import ExitSync, Flags
 
 
@@ -48,10 +48,7 @@ class StreamExit:
         if layer >= self.n_layers - 1:
             return
         self.sims[:, layer] = torch.where(self.active, sim, self.sims[:, layer])
-        if self.fixed is not None:  # benchmarking mode: exit after exactly `fixed` layers
-            fire = self.active & (layer + 1 >= self.fixed)
-        else:
-            fire = self.active & (sim > self.tau)
+        fire = self.active & exit_fires(sim, self.tau, self.fixed, layer + 1)
         self.used = torch.where(fire, layer + 1, self.used)  # not `used[fire] =`: a boolean index syncs
         self.active = self.active & ~fire  # a new tensor: Flags keep the masks they were given
 

@@ -46,8 +46,8 @@ from mue_bench.mue.cost import encoder_flops, ranking_flops
 from mue_bench.mue.encoder import EncoderResult
 from mue_bench.mue.engine import BatchResult, Engine, SampleExits, encode
 from mue_bench.mue.grid_reuse import SharedEncoder, decoder_setting, stream_certified
-from mue_bench.mue.search import DecodingConfig, allowed_next
-from mue_bench.mue.similarity import batch_similarity, stream_similarity
+from mue_bench.mue.search import DecodingConfig, allowed_mask, allowed_next
+from mue_bench.mue.similarity import batch_similarity, exit_fires, stream_similarity
 from mue_bench.mue.sync import ExitSync
 
 
@@ -140,7 +140,7 @@ def rank_pass(adapter: ExitAdapter, enc_out: torch.Tensor, enc_mask: torch.Tenso
         fire = torch.zeros_like(active)
         if layer < n_layers - 1 or cfg.head_every_layer:
             sim = _similarity(new, h, cand, active, cfg.exit_scope)
-            fire = active & (torch.full_like(active, layer + 1 >= fixed[2]) if fixed is not None else sim > tau)
+            fire = active & exit_fires(sim, tau, None if fixed is None else fixed[2], layer + 1)
             if layer < n_layers - 1:
                 sims[:, layer] = torch.where(active, sim, sims[:, layer])
                 used[fire] = layer + 1
@@ -169,9 +169,7 @@ def answer_scores(adapter: ExitAdapter, h: torch.Tensor, cand: Candidates) -> to
             targets.append(target)
             allowed.append(allowed_next(cand.answers, answer[:k]))
     logprobs = adapter.logprobs(h[rows, cols])  # [P, V] float32
-    keep = torch.zeros_like(logprobs, dtype=torch.bool)
-    for i, ids in enumerate(allowed):
-        keep[i, ids] = True
+    keep = allowed_mask(allowed, logprobs)
     device = logprobs.device
     norm = torch.logsumexp(logprobs.masked_fill(~keep, float("-inf")), -1)
     picked = logprobs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1) - norm

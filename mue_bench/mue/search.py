@@ -99,6 +99,14 @@ def allowed_next(answers: tuple[tuple[int, ...], ...], prefix: Sequence[int]) ->
     return sorted({a[n] for a in answers if len(a) > n and a[:n] == prefix})
 
 
+def allowed_mask(allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    """[P, V] True at position p's allowed tokens `allowed[p]` (the trie's constraint mask), for scores `like`."""
+    keep = torch.zeros_like(like, dtype=torch.bool)
+    for p, ids in enumerate(allowed):
+        keep[p, ids] = True
+    return keep
+
+
 def _keep_answers(logprobs: torch.Tensor, seqs: list[list[int]], answers: tuple[tuple[int, ...], ...],
                   rows: list[int]) -> None:
     """Mask every token off the answer trie and renormalise, which equals a softmax over the allowed logits."""

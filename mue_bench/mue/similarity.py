@@ -33,3 +33,11 @@ def group_similarity(new: torch.Tensor, old: torch.Tensor, group: int) -> torch.
     """Similarity of the current token's state [R, D] with rows grouped per sample (beams decide
     together, as in the authors' code); [R // group]."""
     return stream_similarity(new.reshape(-1, group, new.shape[-1]), old.reshape(-1, group, old.shape[-1]))
+
+
+def exit_fires(sim: torch.Tensor, threshold: float, fixed: int | None, layers_done: int) -> torch.Tensor:
+    """Where a stream exits after `layers_done` layers: its similarity past the threshold (`s > τ`, the comparison
+    grid reuse's certificates repeat), or, with a fixed exit (benchmarking), exactly once `fixed` layers ran."""
+    if fixed is not None:
+        return torch.full_like(sim, layers_done >= fixed, dtype=torch.bool)
+    return sim > threshold

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from mue_bench.data.loaders import Sample
 from mue_bench.errors import MueBenchError, SpecError
-from mue_bench.mue.search import allowed_next
+from mue_bench.mue.search import allowed_mask, allowed_next
 from mue_bench.spec import describe_validation_error
 
 Config = TypeVar("Config", bound=BaseModel)
@@ -130,9 +130,7 @@ def trie_losses(scores: torch.Tensor, targets: torch.Tensor, allowed: list[list[
     and the smoothing mass spread over the allowed tokens other than the target, eps_i = eps / (allowed - 1 +
     1e-6) (label_smoothed_nll_loss, lines 90-101). A position with one allowed token (</s> after an answer) is
     forced: its log-prob is 0, and so is its loss, with or without smoothing."""
-    keep = torch.zeros_like(scores, dtype=torch.bool)
-    for p, ids in enumerate(allowed):
-        keep[p, ids] = True
+    keep = allowed_mask(allowed, scores)
     lprobs = F.log_softmax(scores.float().masked_fill(~keep, float("-inf")), -1)
     nll = -lprobs.gather(1, targets[:, None]).squeeze(1)
     if label_smoothing == 0.0:
