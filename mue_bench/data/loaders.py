@@ -80,10 +80,16 @@ class Sample:
     prompt: str = ""  # set by the generic JSONL: overrides the model family's own prompt
 
 
-def _read_json(path: Path) -> dict:
+def dataset_file(path: Path, what: str = "the annotations file") -> Path:
+    """`path`, refused in one line unless it is a file (a folder, or nothing)."""
     if not path.is_file():
-        raise SpecError(f"dataset file {path} is a folder; give the annotations file" if path.is_dir()
+        raise SpecError(f"dataset file {path} is a folder; give {what}" if path.is_dir()
                         else f"dataset file not found: {path}")
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    dataset_file(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -112,10 +118,7 @@ def load_karpathy(annotations: Path, image_root: Path, split: str) -> list[Sampl
 
 def _jsonl_rows(jsonl: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for each non-blank line; a bad line is named by file and line."""
-    if not jsonl.is_file():
-        raise SpecError(f"dataset file {jsonl} is a folder; give the annotations file" if jsonl.is_dir()
-                        else f"dataset file not found: {jsonl}")
-    with open(jsonl) as f:
+    with open(dataset_file(jsonl)) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

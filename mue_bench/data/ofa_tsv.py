@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from mue_bench.data.loaders import LABEL_WORDS, Sample, TsvImage, _read_json
+from mue_bench.data.loaders import LABEL_WORDS, Sample, TsvImage, _read_json, dataset_file
 from mue_bench.errors import SpecError
 
 # OFA's run scripts' selected_cols, in the order each dataset class unpacks them.
@@ -32,11 +32,8 @@ CAPTION_SEPARATOR = "&&"  # caption_dataset.py: a test line's references
 def _lines(path: Path) -> Iterator[tuple[int, int, list[str]]]:
     """(line number, byte offset, cells) of each non-blank line. The base64 column is split off with the rest
     but not kept: callers keep only the offset."""
-    if not path.is_file():
-        raise SpecError(f"dataset file {path} is a folder; give the TSV file" if path.is_dir()
-                        else f"dataset file not found: {path}")
     offset = 0
-    with open(path, "rb") as f:
+    with open(dataset_file(path, "the TSV file"), "rb") as f:
         for lineno, raw in enumerate(f, 1):
             start, offset = offset, offset + len(raw)
             if not raw.strip():
@@ -48,11 +45,14 @@ def _lines(path: Path) -> Iterator[tuple[int, int, list[str]]]:
             yield lineno, start, text.rstrip("\r\n").split("\t")
 
 
-def _columns(path: Path, lineno: int, cells: list[str], columns: tuple[int, ...], names: tuple[str, ...],
-             ) -> list[str]:
+def _check_columns(columns: tuple[int, ...], names: tuple[str, ...]) -> None:
     if len(columns) != len(names):
         raise SpecError(f"data.columns: {len(columns)} given; this layout reads {len(names)} "
                         f"({', '.join(names)})")
+
+
+def _columns(path: Path, lineno: int, cells: list[str], columns: tuple[int, ...], names: tuple[str, ...],
+             ) -> list[str]:
     missing = [f"{n} (column {c})" for c, n in zip(columns, names) if c >= len(cells)]
     if missing:
         raise SpecError(f"{path}:{lineno}: missing {', '.join(missing)}: the line has {len(cells)} "
@@ -65,6 +65,7 @@ def load_snli_ve_tsv(path: Path, columns: tuple[int, ...] = SNLI_VE_COLUMNS, lim
     """SNLI-VE as OFA's snli_ve_{split}.tsv: the premise kept (the caption column), the label as the word OFA
     generates (snli_ve_dataset.py maps them; any other label is refused, as it raises there)."""
     names = ("uniq_id", "image", "hypothesis", "caption", "label")
+    _check_columns(columns, names)
     samples = []
     for lineno, offset, cells in _lines(path):
         uniq_id, _, hypothesis, caption, label = _columns(path, lineno, cells, columns, names)
@@ -85,6 +86,7 @@ def load_caption_tsv(path: Path, columns: tuple[int, ...] = CAPTION_COLUMNS, ref
     """Captioning as OFA's caption_{split}.tsv: the references are the caption column split on "&&", or, with
     `references` (a COCO-format file), that file's captions of the line's id."""
     names = ("id", "image", "caption")
+    _check_columns(columns, names)
     by_id = coco_references(references) if references is not None else {}
     samples = []
     for lineno, offset, cells in _lines(path):
